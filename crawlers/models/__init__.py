@@ -1,0 +1,23 @@
+"""Message contracts: what other systems push onto Hydra's queues.
+
+Each model validates one kind of message; ``docs/schemas/`` holds their JSON
+Schema, exported by ``python -m crawlers.models``.
+"""
+
+from __future__ import annotations
+
+from crawlers.models.deadletter import DeadLetterEntry
+from pydantic import TypeAdapter
+
+from crawlers.models.fetch_task import FETCH_TASK
+from crawlers.models.price_batch import PriceBatch
+from crawlers.models.validation import validation_error_text
+
+#: schema file name -> model, for the docs export
+SCHEMAS: dict[str, TypeAdapter[object]] = {
+    "price_batch": TypeAdapter(PriceBatch),
+    "fetch_task": FETCH_TASK,  # type: ignore[dict-item]
+    "deadletter_entry": TypeAdapter(DeadLetterEntry),
+}
+
+__all__ = ["FETCH_TASK", "SCHEMAS", "DeadLetterEntry", "PriceBatch", "validation_error_text"]
