@@ -106,6 +106,11 @@ class HydraConfig(BaseModel):
         description="Comma-separated sink URIs every item is written to "
         "(`jsonl:///abs/path.jsonl` or `jsonl://relative/path.jsonl`). Empty disables.",
     )
+    summary_path: str = Field(
+        "",
+        description="If set, a task spider writes its stats and summary as JSON to this file "
+        "when it closes (for scripts, CI, Scrapyd jobs).",
+    )
     region: str = Field(
         "default",
         description="Region this worker runs as; stamped on every item.",

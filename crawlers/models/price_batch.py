@@ -37,12 +37,12 @@ class PriceBatch(BaseModel):
             raise ValueError("url_template must contain the {id} placeholder")
         return template
 
-    def remainder(self, start: int, reason: str) -> PriceBatch:
+    def remainder(self, start: int, reason: str, *, next_attempt: bool = True) -> PriceBatch:
         """The IDs from ``start`` on, as the next attempt of this batch."""
         return self.model_copy(
             update={
                 "ids": self.ids[start:],
-                "attempt": self.attempt + 1,
+                "attempt": self.attempt + int(next_attempt),
                 "reason": reason,
                 "region": None,  # any region may take it: the failing one is suspect
             }

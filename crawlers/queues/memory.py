@@ -76,9 +76,6 @@ class MemoryQueue:
     def describe_deadletter(self) -> str:
         return str(self.deadletter_path)
 
-    def __len__(self) -> int:
-        return len(self._waiting)
-
     def _append_deadletter(self, lines: list[str]) -> None:
         with self.deadletter_path.open("a", encoding="utf-8") as file:
             file.write("".join(line + "\n" for line in lines))

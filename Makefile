@@ -1,0 +1,48 @@
+# Two commands: `make demo` and `make test`. Both install what they need first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+
+.PHONY: demo test lint typecheck unit integration bench schemas docs scrapyd clean
+
+$(STAMPS)/system:
+	@mkdir -p $(STAMPS)
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		echo "Installing redis-server (Debian package)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# The main job on embedded defaults: sandbox price API + `prices` spider, no Redis needed.
+demo: $(STAMPS)/venv
+	$(PY) -m crawlers.demo
+
+test: $(STAMPS)/venv $(STAMPS)/system lint typecheck
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMPS)/venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMPS)/venv
+	$(VENV)/bin/mypy
+
+bench: $(STAMPS)/venv $(STAMPS)/system
+	$(PY) -m benchmarks.throughput
+
+# Regenerate docs/schemas/*.json and docs/settings.md from the code.
+docs: $(STAMPS)/venv
+	$(PY) -m crawlers.models docs/schemas
+	$(PY) -m crawlers.docs > docs/settings.md
+
+clean:
+	rm -rf $(STAMPS) build *.egg-info output
