@@ -80,7 +80,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         try:
             rows.append(json.loads(line))
         except ValueError:
-            if number < len(lines) - 1 and lines[number + 1:] != [""]:
+            if number < len(lines) - 1 and lines[number + 1 :] != [""]:
                 raise
     return rows
 

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -18,13 +19,14 @@ def free_port() -> int:
         return port
 
 
-def wait_for(check: object, timeout: float, what: str) -> None:
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``check`` until it returns truthy; connection errors count as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if check():  # type: ignore[operator]
+            if check():
                 return
-        except OSError:
+        except (OSError, redis.exceptions.ConnectionError):
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not come up within {timeout} s")
@@ -55,6 +57,9 @@ class RedisServer:
         client = self.client()
         try:
             wait_for(client.ping, 10, "redis-server")
+        except RuntimeError:
+            self.stop()
+            raise
         finally:
             client.close()
         return self

@@ -252,9 +252,9 @@ class TaskLedger:
             self._maybe_ready(run)
 
     def _run_of(self, response: Response | None) -> TaskRun | None:
-        if response is None:
+        if response is None or response.request is None:
             return None
-        run = response.meta.get("hydra_run")
+        run = response.request.meta.get("hydra_run")
         return run if isinstance(run, TaskRun) else None
 
     def _maybe_ready(self, run: TaskRun) -> None:

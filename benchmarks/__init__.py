@@ -1,0 +1,1 @@
+"""Throughput benchmarks: Hydra's ``prices`` worker against a plain Scrapy spider."""
