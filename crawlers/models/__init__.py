@@ -6,9 +6,9 @@ Schema, exported by ``python -m crawlers.models``.
 
 from __future__ import annotations
 
-from crawlers.models.deadletter import DeadLetterEntry
 from pydantic import TypeAdapter
 
+from crawlers.models.deadletter import DeadLetterEntry
 from crawlers.models.fetch_task import FETCH_TASK
 from crawlers.models.price_batch import PriceBatch
 from crawlers.models.validation import validation_error_text

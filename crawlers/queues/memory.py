@@ -44,7 +44,7 @@ class MemoryQueue:
         self._waiting.extend(payloads)
 
     async def claim(self, limit: int) -> ClaimResult:
-        deliveries = []
+        deliveries: list[Delivery] = []
         while self._waiting and len(deliveries) < limit:
             lease_id = f"local:{next(self._ids)}"
             payload = self._waiting.popleft()

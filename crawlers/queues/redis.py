@@ -196,7 +196,8 @@ class RedisLeaseQueue:
         keys += [self.key, self.deadletter_key]
         async with self.client.pipeline(transaction=False) as pipe:
             for ack in acks:
-                args = [ack.lease_id, len(ack.requeue), *ack.requeue, *ack.deadletter]
+                args: list[str | int] = [ack.lease_id, len(ack.requeue)]
+                args += [*ack.requeue, *ack.deadletter]
                 await self._ack(keys=keys, args=args, client=pipe)
             replies = await pipe.execute()
         return [bool(reply) for reply in replies]

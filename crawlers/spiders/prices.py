@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, Spider
+from scrapy.http import TextResponse
 
 from crawlers.config import HydraConfig
 from crawlers.extensions.task_ledger import TaskLedger
@@ -95,6 +96,8 @@ class PricesSpider(Spider):
             raise RuntimeError(f"response without a batch position: {response}")
         run, index = position
         try:
+            if not isinstance(response, TextResponse):
+                raise ValueError("not a text response")
             data = response.json()
         except ValueError:
             self.batches.stop(run, index, "invalid_json", "malformed JSON body")

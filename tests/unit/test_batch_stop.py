@@ -21,7 +21,7 @@ def _setup(**settings: object):  # type: ignore[no-untyped-def]
 
 
 def test_ok_response_passes_and_keeps_the_batch_running() -> None:
-    crawler, spider, _, middleware = _setup()
+    _crawler, spider, _, middleware = _setup()
     run = batch_run(["a", "b"])
     request = spider.batches.request(run, 0, spider.parse_price)
     response = response_for(request)
