@@ -151,7 +151,14 @@ class TaskLedger:
             if room <= 0:
                 await self._wait_for_change(1.0)
                 continue
-            result = await queue.claim(room)
+            try:
+                result = await queue.claim(room)
+            except Exception as exc:  # the queue server is away: wait, don't exit
+                self.stats.inc_value("hydra/queue/errors")
+                logger.warning("Claiming from %s failed (%s); retrying", queue.key, exc)
+                backoff = self.config.queue_poll_max_seconds
+                await self._wait_for_change(backoff)
+                continue
             self.stats.inc_value("hydra/queue/reclaimed", result.reclaimed)
             if not result.deliveries:
                 now = time.monotonic()
@@ -279,7 +286,13 @@ class TaskLedger:
                 self._ready = ready + self._ready
                 return
             acks = [Acknowledgement(r.lease_id, r.requeue, r.deadletter) for r in ready]
-            results = await self.queue.ack(acks)
+            try:
+                results = await self.queue.ack(acks)
+            except Exception as exc:  # retried next round; the leases are still renewed
+                logger.warning("Acknowledging %d messages failed (%s)", len(acks), exc)
+                self.stats.inc_value("hydra/queue/errors")
+                self._ready = ready + self._ready
+                return
             for run, held in zip(ready, results, strict=True):
                 del self.runs[run.lease_id]
                 if held:

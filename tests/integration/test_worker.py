@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,25 @@ def test_requeued_remainders_go_back_to_the_shared_queue(
     assert entry["reason"] == "max_attempts"
     assert json.loads(entry["payload"])["ids"] == ["2", "3"]
     assert [row["id"] for row in read_jsonl(tmp_path / "out.jsonl")] == ["1"]
+
+
+def test_message_that_keeps_killing_workers_is_dead_lettered_as_poison(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    payload = json.dumps({"run_id": "r", "batch_id": "p", "ids": ["1"]})
+    redis_client.rpush("hydra:prices:batches", payload)
+    # as if three workers had died holding it
+    redis_client.hset(
+        "hydra:prices:batches:redeliveries", hashlib.sha1(payload.encode()).hexdigest(), 3
+    )
+    run_worker(
+        HYDRA_REDIS_URL=redis_server.url,
+        HYDRA_IDLE_CLOSE_SECONDS=0.5,
+        HYDRA_QUEUE_MAX_DELIVERIES=3,
+        HYDRA_PRICE_URL_TEMPLATE=sandbox.url_template,
+        **_outputs(tmp_path),
+    )
+    (entry,) = [json.loads(e) for e in redis_client.lrange("hydra:deadletter", 0, -1)]
+    assert (entry["reason"], entry["payload"]) == ("poison", payload)
+    assert sandbox.stats()["requests"] == 0
+    assert redis_client.hlen("hydra:prices:batches:redeliveries") == 0

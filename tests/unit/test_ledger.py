@@ -184,3 +184,43 @@ def test_room_is_bounded_by_prefetch(tmp_path: Path) -> None:
         return len(ledger.runs)
 
     assert asyncio.run(scenario()) == 2
+
+
+class FlakyQueue(MemoryQueue):
+    """The embedded queue with its first claim and first ack failing, as during an outage."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = {"claim": 1, "ack": 1}
+
+    def _maybe_fail(self, operation: str) -> None:
+        if self.failures[operation]:
+            self.failures[operation] -= 1
+            raise ConnectionError(f"{operation}: server went away")
+
+    async def claim(self, limit: int) -> Any:
+        self._maybe_fail("claim")
+        return await super().claim(limit)
+
+    async def ack(self, acks: Any) -> list[bool]:
+        self._maybe_fail("ack")
+        return await super().ack(acks)
+
+
+def test_queue_outages_are_retried_not_fatal(tmp_path: Path) -> None:
+    async def scenario() -> dict[str, Any]:
+        ledger, _ = await _open(tmp_path, HYDRA_QUEUE_POLL_MAX_SECONDS=0.05)
+        queue = FlakyQueue("q", str(tmp_path / "dl.jsonl"))
+        ledger.queue = queue
+        await queue.push([_batch("b", ["1"])])
+        (run,) = await _claim_one(ledger)
+        ledger.finish(run)
+        await ledger.settle()
+        assert run.lease_id in ledger.runs  # the failed ack keeps the run
+        await ledger.settle()
+        assert not ledger.runs
+        return ledger.stats.get_stats()
+
+    stats = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert stats["hydra/queue/errors"] == 2
+    assert stats["hydra/queue/acked"] == 1
