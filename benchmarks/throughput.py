@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis.exceptions
 
 from crawlers.sandbox import SandboxServer
 from crawlers.settings import EXTENSIONS as HYDRA_EXTENSIONS
@@ -51,6 +50,10 @@ RUN_ID = "bench"
 PROJECT_ENV = ("SCRAPY_SETTINGS_MODULE", "SCRAPY_PROJECT", "SCRAPY_CHECK")
 
 
+class BenchmarkAborted(RuntimeError):
+    """The environment broke (e.g. the target died): no later run would mean anything."""
+
+
 @dataclass
 class RunResult:
     """One benchmarked crawl, and what is wrong with it (if anything)."""
@@ -61,6 +64,7 @@ class RunResult:
     items: int = 0
     seconds: float = 0.0  # first response -> last response
     wall: float = 0.0  # whole subprocess
+    cpu: float = 0.0  # user + system CPU seconds of the Scrapy process
     startup: float = 0.0  # process start -> first response
     sandbox_requests: int = 0
     checks: list[str] = field(default_factory=list)
@@ -116,6 +120,7 @@ def run_crawl(
 ) -> None:
     """Run one Scrapy process and fill ``result`` from its timing file."""
     started = time.monotonic()
+    before = os.times()
     with log_path.open("wb") as log:
         try:
             completed = subprocess.run(
@@ -133,6 +138,10 @@ def run_crawl(
             return
         finally:
             result.wall = time.monotonic() - started
+            after = os.times()
+            result.cpu = (after.children_user - before.children_user) + (
+                after.children_system - before.children_system
+            )
     if completed.returncode != 0:
         result.problems.append(f"exit status {completed.returncode}")
     if not timing_path.exists():
@@ -152,7 +161,12 @@ def run_crawl(
 
 def check_sandbox(result: RunResult, sandbox: SandboxServer, ids: Sequence[str]) -> None:
     """The target's own count: every ID asked exactly once."""
-    stats = sandbox.stats()
+    try:
+        stats = sandbox.stats()
+    except OSError as exc:  # urllib's URLError is an OSError
+        raise BenchmarkAborted(
+            f"the sandbox at {sandbox.base_url} stopped answering: {exc}"
+        ) from exc
     result.sandbox_requests = int(stats["requests"])
     per_id: dict[str, int] = stats["per_id"]
     missing = len(set(ids) - per_id.keys())
@@ -219,32 +233,6 @@ def push_batches(server: RedisServer, ids: Sequence[str], url_template: str) -> 
     return len(messages)
 
 
-def start_redis(server: RedisServer, timeout: float = 10.0) -> None:
-    """``server.start()``, tolerating a redis-server that is not listening at the first ping.
-
-    ``tests.servers.wait_for`` only retries on ``OSError``, and redis-py raises its own
-    ``redis.exceptions.ConnectionError`` (not an ``OSError``) while the port is closed.
-    """
-    try:
-        server.start()
-        return
-    except redis.exceptions.ConnectionError:
-        pass
-    deadline = time.monotonic() + timeout
-    client = server.client()
-    try:
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
-    finally:
-        client.close()
-
-
 def check_sink(result: RunResult, sink_path: Path, ids: Sequence[str]) -> None:
     rows = 0
     seen: Counter[str] = Counter()
@@ -283,7 +271,7 @@ def run_hydra(sandbox: SandboxServer, ids: Sequence[str], workdir: Path) -> RunR
     result = RunResult("(b) Hydra worker", expected=len(ids))
     redis_server = RedisServer(workdir / "redis")
     try:
-        start_redis(redis_server)
+        redis_server.start()
         batches = push_batches(redis_server, ids, sandbox.url_template)
         result.checks.append(f"pushed {len(ids)} IDs in {batches} batch messages to {QUEUE_KEY}")
         timing_path = workdir / "hydra-timing.json"
@@ -332,16 +320,19 @@ def report(results: list[RunResult], count: int, sandbox_url: str) -> None:
     print(f"Throughput: {count} price IDs, POST to {sandbox_url}/price/{{id}}")
     print(f"CPU cores: {os.cpu_count()} (usable by this process: {affinity})")
     print()
-    header = (
-        f"{'run':<20} {'requests':>9} {'seconds':>9} {'req/s':>9} {'startup s':>10} {'wall s':>8}"
-    )
+    header = f"{'run':<20} {'requests':>9} {'seconds':>9} {'req/s':>9}"
+    header += f" {'startup s':>10} {'wall s':>8} {'cpu s':>7}"
     print(header)
     print("-" * len(header))
     for r in results:
         print(
             f"{r.label:<20} {r.responses:>9} {r.seconds:>9.2f} {r.rate:>9.1f} "
-            f"{r.startup:>10.2f} {r.wall:>8.2f}"
+            f"{r.startup:>10.2f} {r.wall:>8.2f} {r.cpu:>7.2f}"
         )
+    print(
+        "seconds: first to last response; startup: process start to first response; "
+        "wall: whole process; cpu: its user+system time"
+    )
     print()
     by_label = {r.label[:3]: r for r in results}
     plain, hydra = by_label.get("(a)"), by_label.get("(b)")
@@ -358,7 +349,11 @@ def report(results: list[RunResult], count: int, sandbox_url: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--ids", type=int, default=20_000, help="price IDs per run (20000)")
     parser.add_argument(
         "--order", choices=("ab", "ba"), default="ab", help="run (a) then (b), or (b) then (a)"
@@ -377,10 +372,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hydra-bench-")))
         sandbox = stack.enter_context(SandboxServer(refuse_rate=0.0))
-        for key in args.order:
-            label = "plain Scrapy" if key == "a" else "Hydra worker"
-            print(f"running ({key}) {label} on {len(ids)} IDs ...", flush=True)
-            results.append(runners[key](sandbox, ids, workdir))
+        try:
+            for key in args.order:
+                label = "plain Scrapy" if key == "a" else "Hydra worker"
+                print(f"running ({key}) {label} on {len(ids)} IDs ...", flush=True)
+                results.append(runners[key](sandbox, ids, workdir))
+        except BenchmarkAborted as exc:
+            print(f"benchmark aborted: {exc}", file=sys.stderr)
+            return 2
         results.sort(key=lambda r: r.label)
         report(results, len(ids), sandbox.base_url)
     return 0 if all(r.ok for r in results) else 1
