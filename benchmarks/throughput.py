@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from crawlers.sandbox import SandboxServer
 from crawlers.settings import EXTENSIONS as HYDRA_EXTENSIONS
 from tests.servers import RedisServer
