@@ -94,6 +94,14 @@ class TaskLedger:
     def from_crawler(cls, crawler: Crawler) -> TaskLedger:
         return cls(crawler)
 
+    @classmethod
+    def of(cls, crawler: Crawler) -> TaskLedger:
+        """The crawler's ledger, for components that work with task runs."""
+        ledger = crawler.get_extension(cls)
+        if ledger is None:
+            raise RuntimeError(f"{cls.__name__} is not enabled: add it to EXTENSIONS")
+        return ledger
+
     # -- lifecycle ---------------------------------------------------------
 
     async def spider_opened(self, spider: Spider) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request
@@ -23,20 +24,14 @@ class TaskItemsMiddleware:
 
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
-        self._ledger: TaskLedger | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> TaskItemsMiddleware:
         return cls(crawler)
 
-    @property
+    @cached_property
     def ledger(self) -> TaskLedger:
-        if self._ledger is None:
-            ledger = self.crawler.get_extension(TaskLedger)
-            if ledger is None:
-                raise RuntimeError("TaskItemsMiddleware needs the TaskLedger extension")
-            self._ledger = ledger
-        return self._ledger
+        return TaskLedger.of(self.crawler)  # extensions exist only once the crawl starts
 
     async def process_spider_output(
         self, response: Response, result: AsyncIterator[Any]

@@ -72,9 +72,7 @@ class PricesSpider(Spider):
         ]
 
     async def start(self) -> AsyncIterator[Request]:
-        ledger = self.crawler.get_extension(TaskLedger)
-        if ledger is None:
-            raise RuntimeError("the prices spider needs the TaskLedger extension")
+        ledger = TaskLedger.of(self.crawler)
         if self.seed_ids:
             batches = self.seed_batches()
             await ledger.push([b.model_dump_json(exclude_none=True) for b in batches])

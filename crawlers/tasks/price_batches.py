@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -26,20 +27,14 @@ class BatchControl:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.config = HydraConfig.from_crawler(crawler)
-        self._ledger: TaskLedger | None = None
 
     @property
     def stats(self) -> StatsCollector:
         return self.crawler.stats  # not set yet when the spider is built
 
-    @property
+    @cached_property
     def ledger(self) -> TaskLedger:
-        if self._ledger is None:
-            ledger = self.crawler.get_extension(TaskLedger)
-            if ledger is None:
-                raise RuntimeError("price batches need the TaskLedger extension")
-            self._ledger = ledger
-        return self._ledger
+        return TaskLedger.of(self.crawler)  # extensions exist only once the crawl starts
 
     @staticmethod
     def position(request: Request) -> tuple[TaskRun, int] | None:
