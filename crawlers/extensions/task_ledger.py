@@ -170,8 +170,8 @@ class TaskLedger:
             self.stats.inc_value("hydra/queue/reclaimed", result.reclaimed)
             if not result.deliveries:
                 now = time.monotonic()
-                idle_since = idle_since or now
-                if not self.runs and self._idle_expired(queue, now - idle_since):
+                idle_since = None if self.runs else (idle_since or now)  # holding work: busy
+                if idle_since is not None and self._idle_expired(queue, now - idle_since):
                     return
                 backoff = min((backoff or 0.025) * 2, self.config.queue_poll_max_seconds)
                 await self._wait_for_change(backoff)
