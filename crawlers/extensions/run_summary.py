@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy import Spider, signals
 
 from crawlers.config import HydraConfig
+from crawlers.extensions.task_ledger import TaskLedger
 from crawlers.queues import build_queue
 from crawlers.sinks import sink_from_uri
 
@@ -51,10 +52,11 @@ class RunSummary:
     def from_crawler(cls, crawler: Crawler) -> RunSummary:
         return cls(crawler)
 
-    def spider_closed(self, spider: Spider, reason: str) -> None:
+    async def spider_closed(self, spider: Spider, reason: str) -> None:
         key = getattr(spider, "hydra_queue_key", None)
-        if key is None or self.crawler.stats is None:
+        if key is None:
             return
+        await TaskLedger.of(self.crawler).wait_closed()  # its last acks are in the stats
         stats = self.crawler.stats.get_stats()
         lines = summary_lines(stats, self.config, key)
         logger.info("Hydra run summary (%s):\n  %s", reason, "\n  ".join(lines))

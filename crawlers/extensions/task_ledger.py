@@ -83,6 +83,9 @@ class TaskLedger:
         self._flush_hooks: list[FlushHook] = []
         self._settle_lock = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._closed = asyncio.Event()
+        #: whether the last flush of the sinks succeeded
+        self._flushed = True
         self._loops: list[asyncio.Task[None]] = []
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
@@ -123,14 +126,21 @@ class TaskLedger:
         ]
 
     async def spider_closed(self, spider: Spider, reason: str) -> None:
-        if self.queue is None:
-            return
-        for loop in self._loops:
-            loop.cancel()
-        await self.settle()
-        await self._give_back_unfinished()
-        await self.queue.close()
-        self.queue = None
+        try:
+            if self.queue is None:
+                return
+            for loop in self._loops:
+                loop.cancel()
+            await self.settle()
+            await self._give_back_unfinished()
+            await self.queue.close()
+            self.queue = None
+        finally:
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Scrapy runs ``spider_closed`` handlers concurrently; reporters wait for this."""
+        await self._closed.wait()
 
     def add_flush_hook(self, hook: FlushHook) -> None:
         """Register a coroutine that makes buffered side effects durable before acks."""
@@ -279,18 +289,23 @@ class TaskLedger:
 
     # -- durability --------------------------------------------------------
 
-    async def settle(self) -> None:
-        """Flush every sink, then ack the runs that were ready before the flush."""
+    async def settle(self, *, flush: bool = False) -> None:
+        """Flush every sink, then ack the runs that were ready before the flush.
+
+        Without ready runs nothing is flushed, unless ``flush`` (a closing sink).
+        """
         async with self._settle_lock:
-            if not self._ready or self.queue is None:
+            if self.queue is None or not (self._ready or flush):
                 return
             ready, self._ready = self._ready, []
             try:
                 for hook in self._flush_hooks:
                     await hook()
+                self._flushed = True
             except Exception:
                 logger.exception("Flushing sinks failed; %d messages stay leased", len(ready))
                 self.stats.inc_value("hydra/sink/flush_errors")
+                self._flushed = False
                 self._ready = ready + self._ready
                 return
             acks = [Acknowledgement(r.lease_id, r.requeue, r.deadletter) for r in ready]
@@ -324,11 +339,13 @@ class TaskLedger:
                 logger.warning("Lost the lease of %s (renewed too late?)", lease_id)
 
     async def _give_back_unfinished(self) -> None:
-        """On shutdown: resumable runs are acked with their remainder, others released."""
+        """On shutdown: unfinished runs whose items are durable are acked with their
+        remainder; the rest (e.g. after a failed flush) go back whole."""
         assert self.queue is not None
         acks, rest = [], []
         for run in self.runs.values():
-            if run.resume_payloads is not None and run.items_pending == 0:
+            durable = self._flushed and run.items_pending == 0 and not run.finished
+            if durable and run.resume_payloads is not None:
                 acks.append(Acknowledgement(run.lease_id, run.resume_payloads()))
             else:
                 rest.append(run.lease_id)

@@ -52,7 +52,8 @@ class SinkPipeline:
 
     async def close_spider(self) -> None:
         if self._ledger is not None:
-            await self._ledger.settle()  # ack what is ready while the sinks are still open
+            # final flush, and acks of what is ready, while the sinks are still open
+            await self._ledger.settle(flush=True)
             self._ledger.remove_flush_hook(self.flush)
         for sink in self.sinks:
             await sink.close()

@@ -82,3 +82,40 @@ def test_sigkilled_worker_loses_no_task(
     # duplicates are bounded (at most the victim's held batches) and visible
     assert 0 < stats["hydra/prices/ids_redelivered"] <= 4 * 20 * stats["hydra/queue/reclaimed"]
     assert not (tmp_path / "victim.summary.json").exists()
+
+
+def test_graceful_shutdown_requeues_only_what_was_not_fetched(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    ids = IDS[:300]
+    batches = [
+        json.dumps({"run_id": "stop", "batch_id": f"b{n:03d}", "ids": ids[n : n + 20]})
+        for n in range(0, len(ids), 20)
+    ]
+    redis_client.rpush("hydra:prices:batches", *batches)
+    with SandboxServer(delay_seconds=0.02) as sandbox:
+        first = _worker(tmp_path, "first", redis_server.url, sandbox.url_template)
+        try:
+            deadline = time.monotonic() + 60
+            while _rows(tmp_path / "first.jsonl") < 40:
+                assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the worker never got going"
+                time.sleep(0.05)
+            first.send_signal(signal.SIGINT)
+            assert first.wait(60) == 0, (tmp_path / "first.log").read_text()[-3000:]
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+        assert redis_client.zcard("hydra:prices:batches:leases") == 0  # nothing left leased
+        second = _worker(tmp_path, "second", redis_server.url, sandbox.url_template)
+        assert second.wait(120) == 0, (tmp_path / "second.log").read_text()[-3000:]
+        per_id = sandbox.stats()["per_id"]
+    rows = [
+        row["id"] for name in ("first", "second") for row in read_jsonl(tmp_path / f"{name}.jsonl")
+    ]
+    assert sorted(rows) == sorted(ids)  # every ID stored exactly once
+    assert set(per_id.values()) == {1}  # and fetched exactly once
+    stats = read_summary(tmp_path / "first.summary.json")["stats"]
+    assert stats["hydra/queue/resumed"] >= 1
+    assert stats.get("hydra/queue/released", 0) == 0

@@ -224,3 +224,25 @@ def test_queue_outages_are_retried_not_fatal(tmp_path: Path) -> None:
     stats = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert stats["hydra/queue/errors"] == 2
     assert stats["hydra/queue/acked"] == 1
+
+
+def test_shutdown_after_a_failed_flush_gives_messages_back_whole(tmp_path: Path) -> None:
+    _, spider, _ = price_crawler()
+
+    async def scenario() -> list[str]:
+        ledger, queue = await _open(tmp_path)
+
+        async def broken_flush() -> None:
+            raise OSError("disk full")
+
+        ledger.add_flush_hook(broken_flush)
+        await queue.push([_batch("b", ["1", "2", "3"])])
+        (run,) = await _claim_one(ledger)
+        spider.batches.admit(run)
+        run.cursor = 2
+        await ledger.settle(flush=True)
+        await ledger.spider_closed(spider, "shutdown")
+        return [d.payload for d in (await queue.claim(5)).deliveries]
+
+    (payload,) = asyncio.run(scenario())
+    assert PriceBatch.model_validate_json(payload).ids == ["1", "2", "3"]
