@@ -158,11 +158,12 @@ class RedisLeaseQueue:
         params: dict[str, Any] = {**scrapy_redis_defaults.REDIS_PARAMS, **self.redis_params}
         params.update(url=self.url, redis_cls=redis.asyncio.Redis, decode_responses=True)
         self._client = get_redis(**params)
-        await self.client.ping()
         self._claim = self.client.register_script(CLAIM)
         self._renew = self.client.register_script(RENEW)
         self._ack = self.client.register_script(ACK)
         self._release = self.client.register_script(RELEASE)
+        # fail loudly at start-up; later outages are retried by the ledger
+        await self.client.ping()
 
     async def close(self) -> None:
         if self._client is not None:
