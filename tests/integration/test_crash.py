@@ -37,8 +37,15 @@ def _worker(tmp_path: Path, name: str, redis_url: str, template: str) -> subproc
         log.close()
 
 
-def _rows(path: Path) -> int:
-    return len(read_jsonl(path))
+def _wait_until_stored(
+    worker: subprocess.Popen[bytes], tmp_path: Path, name: str, rows: int
+) -> None:
+    """Block until the worker's sink holds ``rows`` rows, i.e. it is mid-run."""
+    deadline = time.monotonic() + 60
+    while len(read_jsonl(tmp_path / f"{name}.jsonl")) < rows:
+        assert worker.poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{name} never got going"
+        time.sleep(0.05)
 
 
 def test_sigkilled_worker_loses_no_task(
@@ -53,11 +60,7 @@ def test_sigkilled_worker_loses_no_task(
         victim = _worker(tmp_path, "victim", redis_server.url, sandbox.url_template)
         survivor = _worker(tmp_path, "survivor", redis_server.url, sandbox.url_template)
         try:
-            deadline = time.monotonic() + 60
-            while _rows(tmp_path / "victim.jsonl") < 60:
-                assert victim.poll() is None, (tmp_path / "victim.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the victim never got going"
-                time.sleep(0.05)
+            _wait_until_stored(victim, tmp_path, "victim", 60)
             held = redis_client.zcard("hydra:prices:batches:leases")
             victim.send_signal(signal.SIGKILL)
             victim.wait(10)
@@ -96,11 +99,7 @@ def test_graceful_shutdown_requeues_only_what_was_not_fetched(
     with SandboxServer(delay_seconds=0.02) as sandbox:
         first = _worker(tmp_path, "first", redis_server.url, sandbox.url_template)
         try:
-            deadline = time.monotonic() + 60
-            while _rows(tmp_path / "first.jsonl") < 40:
-                assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the worker never got going"
-                time.sleep(0.05)
+            _wait_until_stored(first, tmp_path, "first", 40)
             first.send_signal(signal.SIGINT)
             assert first.wait(60) == 0, (tmp_path / "first.log").read_text()[-3000:]
         finally:
