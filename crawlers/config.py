@@ -144,8 +144,9 @@ class HydraConfig(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> HydraConfig:
+        names = cls.setting_names()
         raw: dict[str, Any] = {}
-        for field, name in cls.setting_names().items():
+        for field, name in names.items():
             value = settings.get(name)
             if value is None:
                 value = os.environ.get(name)
@@ -154,7 +155,7 @@ class HydraConfig(BaseModel):
         unknown = sorted(
             key
             for key in settings.attributes
-            if key.startswith(PREFIX) and key not in cls.setting_names().values()
+            if key.startswith(PREFIX) and key not in names.values()
         )
         if unknown:
             raise ValueError(f"Unknown Hydra settings: {', '.join(unknown)}")

@@ -11,7 +11,6 @@ from scrapy import Spider, signals
 
 from crawlers.config import HydraConfig
 from crawlers.extensions.task_ledger import TaskLedger
-from crawlers.queues import build_queue
 from crawlers.sinks import sink_from_uri
 
 if TYPE_CHECKING:
@@ -20,11 +19,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def summary_lines(stats: dict[str, Any], config: HydraConfig, queue_key: str) -> list[str]:
+def summary_lines(stats: dict[str, Any], config: HydraConfig, deadletter: str) -> list[str]:
     def count(key: str) -> int:
         return int(stats.get(f"hydra/{key}", 0))
 
-    deadletter = build_queue(config, queue_key, worker_id="-").describe_deadletter()
     lines = [
         f"IDs asked:         {count('prices/ids_seeded') or count('prices/ids_received')}",
         f"IDs stored:        {count('prices/ids_fetched')}",
@@ -53,12 +51,12 @@ class RunSummary:
         return cls(crawler)
 
     async def spider_closed(self, spider: Spider, reason: str) -> None:
-        key = getattr(spider, "hydra_queue_key", None)
-        if key is None:
+        if getattr(spider, "hydra_queue_key", None) is None:
             return
-        await TaskLedger.of(self.crawler).wait_closed()  # its last acks are in the stats
+        ledger = TaskLedger.of(self.crawler)
+        await ledger.wait_closed()  # its last acks are in the stats
         stats = self.crawler.stats.get_stats()
-        lines = summary_lines(stats, self.config, key)
+        lines = summary_lines(stats, self.config, ledger.deadletter_location)
         logger.info("Hydra run summary (%s):\n  %s", reason, "\n  ".join(lines))
         if self.config.summary_path:
             path = Path(self.config.summary_path)

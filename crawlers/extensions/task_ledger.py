@@ -78,6 +78,8 @@ class TaskLedger:
         self.stats = crawler.stats
         self.worker_id = new_worker_id()
         self.queue: TaskQueue | None = None
+        #: where dead-letter entries go, for summaries (kept after the queue closes)
+        self.deadletter_location = ""
         self.runs: dict[str, TaskRun] = {}
         self._ready: list[TaskRun] = []
         self._flush_hooks: list[FlushHook] = []
@@ -117,6 +119,7 @@ class TaskLedger:
             worker_id=self.worker_id,
             redis_params=self.crawler.settings.getdict("REDIS_PARAMS"),
         )
+        self.deadletter_location = self.queue.describe_deadletter()
         await self.queue.open()
         where = self.config.redis_url_redacted or "embedded memory queue"
         logger.info("Hydra worker %s consuming %s from %s", self.worker_id, key, where)

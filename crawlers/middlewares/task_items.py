@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +33,21 @@ class TaskItemsMiddleware:
     def ledger(self) -> TaskLedger:
         return TaskLedger.of(self.crawler)  # extensions exist only once the crawl starts
 
-    async def process_spider_output(
+    # Both forms ("universal" middleware): a sync-only chain stays sync, which is
+    # cheaper per response than Scrapy converting every callback's output to async.
+    def process_spider_output(self, response: Response, result: Iterable[Any]) -> Iterator[Any]:
+        for output in result:
+            self._count(response, output)
+            yield output
+
+    async def process_spider_output_async(
         self, response: Response, result: AsyncIterator[Any]
     ) -> AsyncIterator[Any]:
-        run = response.meta.get("hydra_run")
         async for output in result:
-            if isinstance(run, TaskRun) and not isinstance(output, Request):
-                self.ledger.item_emitted(run)
+            self._count(response, output)
             yield output
+
+    def _count(self, response: Response, output: Any) -> None:
+        run = response.meta.get("hydra_run")
+        if isinstance(run, TaskRun) and not isinstance(output, Request):
+            self.ledger.item_emitted(run)

@@ -104,17 +104,15 @@ class BatchControl:
             f"(region {self.config.region}, attempt {batch.attempt})"
         )
         remainder = batch.remainder(index, reason)
+        payload = remainder.model_dump_json(exclude_none=True)
         self.stats.inc_value("hydra/prices/batches_stopped")
         self.stats.inc_value(f"hydra/prices/stopped/{kind}")
         if remainder.attempt >= self.config.batch_max_attempts:
             self.stats.inc_value("hydra/prices/ids_deadlettered", len(remainder.ids))
             entry = self.ledger.dead_letter_entry(
-                "max_attempts",
-                reason,
-                remainder.model_dump_json(exclude_none=True),
-                attempts=remainder.attempt,
+                "max_attempts", reason, payload, attempts=remainder.attempt
             )
             self.ledger.finish(run, deadletter=[entry])
         else:
             self.stats.inc_value("hydra/prices/ids_requeued", len(remainder.ids))
-            self.ledger.finish(run, requeue=[remainder.model_dump_json(exclude_none=True)])
+            self.ledger.finish(run, requeue=[payload])
