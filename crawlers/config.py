@@ -10,17 +10,25 @@ Strings such as ``"200,204"`` or ``"[200, 204]"`` are accepted for lists, since
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
+from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from scrapy.utils.conf import closest_scrapy_cfg
+
+from crawlers.models.redaction import DEFAULT_REDACTOR, Redactor
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "HYDRA_"
 
@@ -28,7 +36,7 @@ PREFIX = "HYDRA_"
 class HydraConfig(BaseModel):
     """All ``HYDRA_*`` settings. Field ``foo_bar`` is setting ``HYDRA_FOO_BAR``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
 
     redis_url: str = Field(
         "",
@@ -115,10 +123,97 @@ class HydraConfig(BaseModel):
         "default",
         description="Region this worker runs as; stamped on every item.",
     )
+    allowed_schemes: list[str] = Field(
+        default_factory=lambda: ["http", "https"],
+        description="URL schemes a request built from a queue message may use; anything "
+        "else (`file:`, `s3:`, `ftp:`, `data:`...) is dead-lettered as `forbidden_url` "
+        "and never fetched.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host patterns (fnmatch, e.g. `*.example.com`) requests built from "
+        "messages may reach; empty = any host.",
+    )
+    secret_query_params: list[str] = Field(
+        default_factory=list,
+        description="Query parameters masked wherever a URL is logged or stored, besides "
+        "the built-in list (`key`, `sig`, `signature`, `auth`, `code`, `session`, `sid` and "
+        "any name containing token, secret, password, api_key...).",
+    )
+    max_message_bytes: int = Field(
+        1_048_576,
+        ge=64,
+        description="Largest queue message accepted; a larger one is dead-lettered "
+        "(`invalid_message`) with its first bytes.",
+    )
+    retry_delay_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="Delay before a requeued remainder may be claimed again, doubled per "
+        "attempt; a `Retry-After` header replaces it. Held in the queue (Redis), so it "
+        "survives worker restarts.",
+    )
+    retry_delay_max_seconds: float = Field(
+        300.0, ge=0, description="Upper bound of a retry delay, `Retry-After` included."
+    )
+    task_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="Deadline of one task run from its claim; a run still going then is "
+        "stopped (its remainder requeued) so no run is renewed forever.",
+    )
+    sink_retry_max_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait between retries of a failing sink flush (back-off from "
+        "the ack interval). While a sink fails, the worker claims nothing new.",
+    )
+    progress_interval_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds between progress lines (done, rate, held, queue depth) in the "
+        "log; 0 = none.",
+    )
+    task_kinds_base: dict[str, str] = Field(
+        default_factory=lambda: {
+            "price_batch": "crawlers.tasks.price_batches.PriceBatchKind",
+        },
+        description="Task kinds Hydra ships: name -> class path. Extend or override through "
+        "`HYDRA_TASK_KINDS` (a value of null removes a kind), as Scrapy's `FEED_STORAGES`.",
+    )
+    task_kinds: dict[str, str | None] = Field(
+        default_factory=dict, description="Task kinds added to `HYDRA_TASK_KINDS_BASE`."
+    )
+    sink_schemes_base: dict[str, str] = Field(
+        default_factory=lambda: {"jsonl": "crawlers.sinks.jsonl.JsonLinesSink"},
+        description="Sink backends by URI scheme: scheme -> class path.",
+    )
+    sink_schemes: dict[str, str | None] = Field(
+        default_factory=dict, description="Sink backends added to `HYDRA_SINK_SCHEMES_BASE`."
+    )
+    queue_schemes_base: dict[str, str] = Field(
+        default_factory=lambda: {
+            "memory": "crawlers.queues.memory.MemoryQueue",
+            "redis": "crawlers.queues.redis.RedisLeaseQueue",
+            "rediss": "crawlers.queues.redis.RedisLeaseQueue",
+            "unix": "crawlers.queues.redis.RedisLeaseQueue",
+        },
+        description="Queue backends by the scheme of `HYDRA_REDIS_URL` (empty = `memory`).",
+    )
+    queue_schemes: dict[str, str | None] = Field(
+        default_factory=dict, description="Queue backends added to `HYDRA_QUEUE_SCHEMES_BASE`."
+    )
 
     _by_crawler: ClassVar[WeakKeyDictionary[Crawler, HydraConfig]] = WeakKeyDictionary()
 
-    @field_validator("batch_ok_statuses", "sinks", mode="before")
+    @field_validator(
+        "batch_ok_statuses",
+        "sinks",
+        "allowed_schemes",
+        "allowed_hosts",
+        "secret_query_params",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -128,6 +223,28 @@ class HydraConfig(BaseModel):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator(
+        "task_kinds_base",
+        "task_kinds",
+        "sink_schemes_base",
+        "sink_schemes",
+        "queue_schemes_base",
+        "queue_schemes",
+        mode="before",
+    )
+    @classmethod
+    def _parse_mapping(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        if hasattr(value, "copy_to_dict"):  # a Scrapy BaseSettings
+            return value.copy_to_dict()
+        return value
+
+    @field_validator("allowed_schemes")
+    @classmethod
+    def _lower_schemes(cls, schemes: list[str]) -> list[str]:
+        return [scheme.lower().rstrip(":/") for scheme in schemes]
+
     @property
     def embedded(self) -> bool:
         return not self.redis_url
@@ -135,7 +252,16 @@ class HydraConfig(BaseModel):
     @property
     def redis_url_redacted(self) -> str:
         """The Redis URL with any password masked, for logs."""
-        return redact_url(self.redis_url)
+        return self.redactor.url(self.redis_url)
+
+    @cached_property
+    def redactor(self) -> Redactor:
+        return Redactor.with_params(self.secret_query_params)
+
+    def registry(self, name: str) -> dict[str, str]:
+        """``<name>_base`` merged with ``<name>``; a ``None`` value removes an entry."""
+        merged: dict[str, str | None] = {**getattr(self, f"{name}_base"), **getattr(self, name)}
+        return {key: path for key, path in merged.items() if path}
 
     @classmethod
     def setting_names(cls) -> dict[str, str]:
@@ -152,22 +278,32 @@ class HydraConfig(BaseModel):
                 value = os.environ.get(name)
             if value is not None:
                 raw[field] = value
-        unknown = sorted(
-            key
-            for key in settings.attributes
-            if key.startswith(PREFIX) and key not in names.values()
-        )
+        known = set(names.values())
+        unknown = sorted(k for k in settings.attributes if k.startswith(PREFIX) and k not in known)
         if unknown:
-            raise ValueError(f"Unknown Hydra settings: {', '.join(unknown)}")
-        try:
-            config = cls.model_validate(raw)
-        except ValidationError as exc:
-            details = "; ".join(
-                f"{PREFIX}{'.'.join(map(str, err['loc'])).upper()}: {err['msg']}"
-                for err in exc.errors(include_input=False, include_url=False)
+            raise HydraConfigError(
+                [f"{key}: unknown setting{_did_you_mean(key, known)}" for key in unknown]
             )
-            raise ValueError(f"Invalid Hydra settings: {details}") from None
-        return config
+        _warn_unknown_environment(known)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors(include_input=False, include_url=False):
+                field = str(err["loc"][0]) if err["loc"] else ""
+                name = names.get(field, PREFIX + field.upper())
+                shown = raw.get(field, "")
+                shown = cls._redacted_value(field, shown)
+                problems.append(f"{name}={shown!r}: {err['msg']}")
+            raise HydraConfigError(problems) from None
+        except ValueError as exc:  # malformed JSON in a list or mapping value
+            raise HydraConfigError([f"invalid Hydra setting: {exc}"]) from None
+
+    @staticmethod
+    def _redacted_value(field: str, value: Any) -> Any:
+        if field == "redis_url" and isinstance(value, str):
+            return DEFAULT_REDACTOR.url(value)
+        return value
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> HydraConfig:
@@ -178,13 +314,47 @@ class HydraConfig(BaseModel):
         return cached
 
 
+class HydraConfigError(ValueError):
+    """Invalid ``HYDRA_*`` settings; ``problems`` holds one readable line per setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("Invalid Hydra settings: " + "; ".join(problems))
+
+
+_warned_environment: set[str] = set()
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _warn_unknown_environment(known: set[str]) -> None:
+    """A misspelt ``HYDRA_*`` variable would otherwise be silently ignored."""
+    for name in sorted(os.environ):
+        if name.startswith(PREFIX) and name not in known and name not in _warned_environment:
+            _warned_environment.add(name)
+            logger.warning(
+                "Environment variable %s is not a Hydra setting and is ignored%s",
+                name,
+                _did_you_mean(name, known),
+            )
+
+
+def project_root() -> Path:
+    """The directory of the project's ``scrapy.cfg`` (the working directory if none)."""
+    cfg = closest_scrapy_cfg()
+    return Path(cfg).parent if cfg else Path.cwd()
+
+
+def project_path(path: str | Path) -> Path:
+    """``path`` made absolute against the project root, so a relative output path does not
+    depend on where the worker was started."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else project_root() / candidate
+
+
 def redact_url(url: str) -> str:
-    """Mask the password of a URL (``redis://:secret@host`` -> ``redis://:***@host``)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """Mask the credentials of a URL (``redis://:secret@host`` -> ``redis://:***@host``)."""
+    return DEFAULT_REDACTOR.url(url)

@@ -1,13 +1,20 @@
-"""Stop-on-non-200 (seed 000): the first failure ends the batch, the rest is requeued."""
+"""Stop-on-non-200 (seed 000): the first refused status ends the batch.
+
+Downloader middleware for price requests (``meta["hydra_index"]``), added by
+the ``prices`` spider at order 950, next to the downloader, so it sees the raw
+status before redirect and retry handling. It turns a status outside
+``HYDRA_BATCH_OK_STATUSES`` into :class:`StatusRefused`; the spider's errback
+hands that to the batch's kind, which requeues the remainder (failed ID first,
+``attempt + 1``, after ``Retry-After`` or a back-off) or dead-letters it.
+Download errors take the same path without this middleware.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scrapy.exceptions import IgnoreRequest
-
 from crawlers.config import HydraConfig
-from crawlers.tasks.price_batches import BatchControl
+from crawlers.tasks.failures import StatusRefused, parse_retry_after
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -16,36 +23,15 @@ if TYPE_CHECKING:
 
 
 class BatchStopMiddleware:
-    """Downloader middleware for requests carrying ``hydra_run`` and ``hydra_index``.
-
-    It sits next to the downloader (order 950) so it sees the raw status before
-    redirect/retry handling, and the batch's remainder, failed ID first, is
-    requeued with ``attempt + 1`` (or dead-lettered after
-    ``HYDRA_BATCH_MAX_ATTEMPTS``). IDs fetched before the failure keep their
-    items and are never fetched again because of it.
-    """
-
     def __init__(self, crawler: Crawler) -> None:
         self.ok_statuses = frozenset(HydraConfig.from_crawler(crawler).batch_ok_statuses)
-        self.control = BatchControl(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> BatchStopMiddleware:
         return cls(crawler)
 
     def process_response(self, request: Request, response: Response) -> Response:
-        position = self.control.position(request)
-        if position is None or response.status in self.ok_statuses:
+        if response.status in self.ok_statuses or "hydra_index" not in request.meta:
             return response
-        run, index = position
-        self.control.stop(run, index, f"http_{response.status}", f"HTTP {response.status}")
-        raise IgnoreRequest(f"batch stopped: HTTP {response.status}")
-
-    def process_exception(self, request: Request, exception: Exception) -> None:
-        position = self.control.position(request)
-        if position is None or isinstance(exception, IgnoreRequest):
-            return
-        run, index = position
-        name = type(exception).__name__
-        self.control.stop(run, index, f"download_error/{name}", f"{name}: {exception}")
-        raise IgnoreRequest(f"batch stopped: {name}")
+        retry_after = parse_retry_after(response.headers.get(b"Retry-After"))
+        raise StatusRefused(response.status, retry_after)

@@ -2,23 +2,44 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from crawlers.models.redaction import redact_payload
+from crawlers.models.redaction import DEFAULT_REDACTOR, Redactor
 
-DeadLetterReason = Literal["invalid_message", "max_attempts", "poison", "item_error"]
+DeadLetterReason = Literal[
+    "invalid_message",
+    "forbidden_url",
+    "max_attempts",
+    "poison",
+    "item_error",
+    "sink_rejected",
+    "task_failed",
+]
 
 
 class DeadLetterEntry(BaseModel):
+    id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        description="Unique id of the entry (dead letters are moved idempotently by it).",
+    )
     reason: DeadLetterReason = Field(description="Why the message was set aside.")
     error: str = Field(description="The validation error or failure, human-readable.")
-    source: str = Field(description="Queue key (or spider argument) the payload came from.")
+    source: str = Field(description="Queue key the payload came from (replay goes back there).")
+    kind: str = Field("", description="Task kind of the message, e.g. `price_batch`.")
+    message_id: str = Field("", description="Identity the queue gave the message.")
     payload: str = Field(
-        description="The raw message as received; secret-looking fields of a JSON object "
-        "are masked (see `crawlers/models/redaction.py`)."
+        description="The raw message as received (for `item_error`/`sink_rejected`: the "
+        "row); credentials masked by the redaction helper."
+    )
+    payload_redacted: bool = Field(
+        False, description="Credentials were masked, so a replay would not be faithful."
+    )
+    payload_truncated: bool = Field(
+        False, description="The payload was larger than `HYDRA_MAX_MESSAGE_BYTES` and is cut."
     )
     worker: str = Field("", description="Worker that set it aside.")
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
@@ -26,8 +47,26 @@ class DeadLetterEntry(BaseModel):
 
     @classmethod
     def build(
-        cls, *, reason: DeadLetterReason, error: str, source: str, payload: str, **extra: Any
+        cls,
+        *,
+        reason: DeadLetterReason,
+        error: str,
+        source: str,
+        payload: str,
+        max_bytes: int = 1 << 20,
+        redactor: Redactor = DEFAULT_REDACTOR,
+        **extra: Any,
     ) -> DeadLetterEntry:
+        truncated = len(payload) > max_bytes
+        if truncated:
+            payload = payload[:max_bytes]
+        masked, redacted = redactor.payload(payload)
         return cls(
-            reason=reason, error=error, source=source, payload=redact_payload(payload), **extra
+            reason=reason,
+            error=redactor.text(error),
+            source=source,
+            payload=masked,
+            payload_redacted=redacted,
+            payload_truncated=truncated,
+            **extra,
         )

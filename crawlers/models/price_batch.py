@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: an ID becomes one URL path segment: no control characters, not a dot segment
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_ID_LENGTH = 1024
 
 
 class PriceBatch(BaseModel):
@@ -12,7 +19,12 @@ class PriceBatch(BaseModel):
 
     run_id: str = Field(min_length=1, description="The run (controller request) it belongs to.")
     batch_id: str = Field(min_length=1, description="Unique within the run.")
-    ids: list[str] = Field(min_length=1, description="Price IDs, fetched in this order.")
+    ids: list[str] = Field(
+        min_length=1,
+        max_length=100_000,
+        description="Price IDs, fetched in this order; each is URL-quoted into the template, "
+        "so it can never change the template's host or path prefix.",
+    )
     url_template: str | None = Field(
         None,
         description="URL with an `{id}` placeholder; default: `HYDRA_PRICE_URL_TEMPLATE`.",
@@ -25,16 +37,28 @@ class PriceBatch(BaseModel):
 
     @field_validator("ids")
     @classmethod
-    def _ids_are_not_blank(cls, ids: list[str]) -> list[str]:
-        if any(not item.strip() for item in ids):
-            raise ValueError("ids must not contain blank strings")
+    def _ids_are_plain(cls, ids: list[str]) -> list[str]:
+        for item in ids:
+            if not item.strip():
+                raise ValueError("ids must not contain blank strings")
+            if len(item) > MAX_ID_LENGTH:
+                raise ValueError(f"an id is longer than {MAX_ID_LENGTH} characters")
+            if item in (".", "..") or _CONTROL.search(item):
+                raise ValueError("ids must not be '.', '..' or hold control characters")
         return ids
 
     @field_validator("url_template")
     @classmethod
     def _template_has_placeholder(cls, template: str | None) -> str | None:
-        if template is not None and "{id}" not in template:
+        if template is None:
+            return None
+        if "{id}" not in template:
             raise ValueError("url_template must contain the {id} placeholder")
+        if len(template) > 2048 or _CONTROL.search(template):
+            raise ValueError("url_template is too long or holds control characters")
+        one, two = urlsplit(template.replace("{id}", "a")), urlsplit(template.replace("{id}", "b"))
+        if not one.scheme or (one.scheme, one.netloc) != (two.scheme, two.netloc):
+            raise ValueError("url_template needs a scheme, and {id} only after the host")
         return template
 
     def remainder(self, start: int, reason: str, *, next_attempt: bool = True) -> PriceBatch:

@@ -1,14 +1,21 @@
-"""Masking of credentials before anything leaves a worker.
+"""The one redaction helper: credentials are masked before anything leaves a worker.
 
 Task configs carry credentials (seed 003: S3 keys, FTP passwords, login
-credentials, API keys). Models hold them as ``SecretStr``; this module covers
-the places that only see raw JSON: dead-letter entries and log lines.
+credentials, API keys), URLs carry them in their userinfo (``https://u:pw@h``)
+or query (``?token=...``). Models hold typed credentials as ``SecretStr``; this
+module covers everything that only sees text or raw JSON: dead-letter entries,
+log records, summaries, error messages. Pure Python (no Scrapy), so producers
+can use it too.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 _SECRET_MARKERS = (
@@ -22,7 +29,12 @@ _SECRET_MARKERS = (
     "authorization",
     "cookie",
     "private_key",
+    "credential",
 )
+#: query parameters masked by default, besides those matching a secret marker
+DEFAULT_SECRET_PARAMS = ("key", "sig", "signature", "auth", "code", "session", "sid")
+#: a URL inside free text: scheme://... up to whitespace or a quote/bracket
+_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s'\"<>`]+")
 
 
 def is_secret_key(key: str) -> bool:
@@ -30,25 +42,86 @@ def is_secret_key(key: str) -> bool:
     return any(marker in lowered for marker in _SECRET_MARKERS)
 
 
+@dataclass(frozen=True)
+class Redactor:
+    """Masks secrets in URLs, text and JSON values; ``secret_params`` adds query names."""
+
+    secret_params: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_SECRET_PARAMS))
+
+    @classmethod
+    def with_params(cls, names: Iterable[str]) -> Redactor:
+        return cls(frozenset(DEFAULT_SECRET_PARAMS) | {name.lower() for name in names})
+
+    def _secret_param(self, name: str) -> bool:
+        return name.lower() in self.secret_params or is_secret_key(name)
+
+    def url(self, url: str) -> str:
+        """``https://u:pw@h/p?token=x&a=1`` -> ``https://u:***@h/p?token=***&a=1``."""
+        try:
+            parts = urlsplit(url)
+            netloc = parts.netloc
+            if "@" in netloc:
+                userinfo, host = netloc.rsplit("@", 1)
+                user, has_password, _ = userinfo.partition(":")
+                netloc = f"{user}:{MASK}@{host}" if has_password else f"{MASK}@{host}"
+            query = parts.query
+            if query:
+                pairs = parse_qsl(query, keep_blank_values=True)
+                if any(self._secret_param(name) for name, _ in pairs):
+                    masked = [(n, MASK if self._secret_param(n) else v) for n, v in pairs]
+                    query = urlencode(masked, safe="*")
+            if netloc == parts.netloc and query == parts.query:
+                return url
+            return urlunsplit(parts._replace(netloc=netloc, query=query))
+        except ValueError:  # not a parsable URL: mask it whole rather than leak it
+            return MASK
+
+    def text(self, text: str) -> str:
+        """Every URL found in ``text`` redacted; the rest unchanged."""
+        if "://" not in text:
+            return text
+        return _URL_IN_TEXT.sub(lambda match: self.url(match.group(0)), text)
+
+    def value(self, value: Any) -> Any:
+        """A copy of a JSON value: secret-looking keys masked, URLs in strings redacted."""
+        if isinstance(value, dict):
+            return {
+                key: (
+                    MASK if is_secret_key(str(key)) and item not in (None, "") else self.value(item)
+                )
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [self.value(item) for item in value]
+        if isinstance(value, str):
+            return self.text(value)
+        return value
+
+    def payload(self, raw: str) -> tuple[str, bool]:
+        """``(text, redacted)``: the raw payload itself when it holds no secret, else a
+        masked copy (JSON re-serialised, or text with its URLs redacted)."""
+        try:
+            parsed = json.loads(raw)
+            masked = self.value(parsed)
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to walk
+            masked_text = self.text(raw)
+            return masked_text, masked_text != raw
+        if masked == parsed:
+            return raw, False
+        return json.dumps(masked, ensure_ascii=False), True
+
+
+#: the redactor with the default parameter list, for code that has no config at hand
+DEFAULT_REDACTOR = Redactor()
+
+
+def redact_url(url: str) -> str:
+    return DEFAULT_REDACTOR.url(url)
+
+
 def redact(value: Any) -> Any:
-    """A copy of a JSON value with every secret-looking key's value masked."""
-    if isinstance(value, dict):
-        return {
-            key: (MASK if is_secret_key(str(key)) and item not in (None, "") else redact(item))
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(item) for item in value]
-    return value
+    return DEFAULT_REDACTOR.value(value)
 
 
 def redact_payload(raw: str) -> str:
-    """The raw payload itself when it holds no secret, else its masked JSON."""
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return raw
-    masked = redact(parsed)
-    if masked == parsed:
-        return raw
-    return json.dumps(masked, ensure_ascii=False)
+    return DEFAULT_REDACTOR.payload(raw)[0]

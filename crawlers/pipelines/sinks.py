@@ -1,27 +1,55 @@
-"""Writes every item to every configured sink, and flushes them before acks."""
+"""Writes every item to every configured sink; the ledger flushes them before acks."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from typing import TYPE_CHECKING, Any
 
-from itemadapter import ItemAdapter
 from scrapy.exceptions import NotConfigured
 
 from crawlers.config import HydraConfig
+from crawlers.extensions.settlement import item_row
 from crawlers.extensions.task_ledger import TaskLedger
-from crawlers.sinks import Sink, sink_from_uri
+from crawlers.sinks import Rejection, Row, Sink, build_sink
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
+logger = logging.getLogger(__name__)
+
+
+class SinkHandle:
+    """One sink as the ledger flushes it: all sinks flush concurrently, each on its own."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self._dirty = False
+
+    def mark(self) -> None:
+        self._dirty = True
+
+    def dirty(self) -> bool:
+        return self._dirty
+
+    async def flush(self) -> list[Rejection]:
+        self._dirty = False
+        try:
+            return await self.sink.flush()
+        except BaseException:
+            self._dirty = True
+            raise
+
 
 class SinkPipeline:
-    """Registers its flush with the TaskLedger: no message is acked before its rows are durable."""
+    """Rows carry their run's lease (for rejected rows) and a stable key (for dedup)."""
 
     def __init__(self, crawler: Crawler, sinks: list[Sink]) -> None:
         self.crawler = crawler
+        assert crawler.stats is not None
         self.stats = crawler.stats
-        self.sinks = sinks
+        self.handles = [SinkHandle(sink) for sink in sinks]
         self._ledger: TaskLedger | None = None
 
     @classmethod
@@ -29,31 +57,51 @@ class SinkPipeline:
         config = HydraConfig.from_crawler(crawler)
         if not config.sinks:
             raise NotConfigured("SinkPipeline: no sinks; set HYDRA_SINKS to enable")
-        return cls(crawler, [sink_from_uri(uri) for uri in config.sinks])
+        return cls(crawler, [build_sink(crawler, uri) for uri in config.sinks])
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return [handle.sink for handle in self.handles]
 
     async def open_spider(self) -> None:
-        for sink in self.sinks:
-            await sink.open()
+        for handle in self.handles:
+            await handle.sink.open()
         self._ledger = self.crawler.get_extension(TaskLedger)
         if self._ledger is not None:
-            self._ledger.add_flush_hook(self.flush)
+            for handle in self.handles:
+                self._ledger.add_flushable(handle)
 
     async def process_item(self, item: Any) -> Any:
-        row = ItemAdapter(item).asdict()
-        for sink in self.sinks:
-            await sink.write([row])
-        self.stats.inc_value("hydra/sink/rows", len(self.sinks))
+        ledger = self._ledger
+        run = ledger.owner_of(item) if ledger is not None else None
+        data = item_row(item)
+        key = run.kind.row_key(item) if run is not None else None
+        row = Row(key or _content_key(data), data, run.lease_id if run is not None else "")
+        wants_flush = False
+        for handle in self.handles:
+            await handle.sink.write((row,))
+            handle.mark()
+            wants_flush = wants_flush or handle.sink.wants_flush()
+        self.stats.inc_value("hydra/sink/rows", len(self.handles))
+        if wants_flush and ledger is not None:
+            ledger.request_settle()
         return item
 
-    async def flush(self) -> None:
-        for sink in self.sinks:
-            await sink.flush()
-        self.stats.inc_value("hydra/sink/flushes")
-
     async def close_spider(self) -> None:
-        if self._ledger is not None:
-            # final flush, and acks of what is ready, while the sinks are still open
-            await self._ledger.settle(flush=True)
-            self._ledger.remove_flush_hook(self.flush)
-        for sink in self.sinks:
-            await sink.close()
+        ledger = self._ledger
+        if ledger is not None and ledger.queue is not None:
+            # last flush, acks and checkpoints while the sinks are still open
+            await ledger.settle(final=True)
+        else:
+            for handle in self.handles:
+                await handle.flush()
+        if ledger is not None:
+            for handle in self.handles:
+                ledger.remove_flushable(handle)
+        for handle in self.handles:
+            await handle.sink.close()
+
+
+def _content_key(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

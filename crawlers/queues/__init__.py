@@ -1,27 +1,31 @@
-"""Task-queue backends, chosen by the scheme of ``HYDRA_REDIS_URL`` (empty: embedded)."""
+"""Task-queue backends, chosen by the scheme of ``HYDRA_REDIS_URL`` (empty: embedded).
+
+The registry is ``HYDRA_QUEUE_SCHEMES_BASE`` merged with ``HYDRA_QUEUE_SCHEMES``;
+a backend is built with ``build_from_crawler(cls, crawler, key=..., worker_id=...)``.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from scrapy.utils.misc import load_object
+from scrapy.utils.misc import build_from_crawler, load_object
 
-from crawlers.queues.base import Acknowledgement, ClaimResult, Delivery, TaskQueue
+from crawlers.config import HydraConfig, HydraConfigError
+from crawlers.queues.base import (
+    Acknowledgement,
+    Checkpoint,
+    ClaimResult,
+    Delivery,
+    Requeue,
+    TaskQueue,
+)
 
 if TYPE_CHECKING:
-    from crawlers.config import HydraConfig
-
-#: URL scheme -> backend; ``memory`` is what an empty ``HYDRA_REDIS_URL`` means
-QUEUE_SCHEMES = {
-    "memory": "crawlers.queues.memory.MemoryQueue",
-    "redis": "crawlers.queues.redis.RedisLeaseQueue",
-    "rediss": "crawlers.queues.redis.RedisLeaseQueue",
-    "unix": "crawlers.queues.redis.RedisLeaseQueue",
-}
+    from scrapy.crawler import Crawler
 
 
 def new_worker_id() -> str:
@@ -29,31 +33,26 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def build_queue(
-    config: HydraConfig,
-    key: str,
-    *,
-    worker_id: str,
-    redis_params: dict[str, Any] | None = None,
-) -> TaskQueue:
-    """The queue for ``key``; no I/O happens until ``open()``."""
-    url = config.redis_url or "memory://"
-    scheme = urlsplit(url).scheme
-    if scheme not in QUEUE_SCHEMES:
-        known = ", ".join(sorted(QUEUE_SCHEMES))
-        raise ValueError(f"HYDRA_REDIS_URL has unsupported scheme {scheme!r} (known: {known})")
-    backend = load_object(QUEUE_SCHEMES[scheme])
-    queue: TaskQueue = backend.from_config(
-        config, key, worker_id=worker_id, redis_params=redis_params or {}
+def build_queue(crawler: Crawler, key: str, *, worker_id: str) -> TaskQueue:
+    """The queue for ``key``; no I/O happens until it is used."""
+    config = HydraConfig.from_crawler(crawler)
+    schemes = config.registry("queue_schemes")
+    scheme = urlsplit(config.redis_url or "memory://").scheme
+    if scheme not in schemes:
+        known = ", ".join(sorted(schemes))
+        raise HydraConfigError([f"HYDRA_REDIS_URL: unsupported scheme {scheme!r} (known: {known})"])
+    queue: TaskQueue = build_from_crawler(
+        load_object(schemes[scheme]), crawler, key=key, worker_id=worker_id
     )
     return queue
 
 
 __all__ = [
-    "QUEUE_SCHEMES",
     "Acknowledgement",
+    "Checkpoint",
     "ClaimResult",
     "Delivery",
+    "Requeue",
     "TaskQueue",
     "build_queue",
     "new_worker_id",

@@ -1,38 +1,53 @@
 """Embedded queue: one process, no server. Dead-letter entries go to a local file.
 
 Used when ``HYDRA_REDIS_URL`` is empty: ``scrapy crawl prices -a ids=...`` runs
-through the same claim/ack path as a distributed worker, with nothing to set up.
+through the same claim/checkpoint/ack path as a distributed worker, with
+nothing to set up. Retry delays are kept in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import os
+import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crawlers.queues.base import Acknowledgement, ClaimResult, Delivery
+from crawlers.config import HydraConfig, project_path
+from crawlers.queues.base import Acknowledgement, Checkpoint, ClaimResult, Delivery
 
 if TYPE_CHECKING:
-    from crawlers.config import HydraConfig
+    from pathlib import Path
+
+    from scrapy.crawler import Crawler
+
+
+@dataclass
+class _Message:
+    message_id: str
+    payload: str
 
 
 class MemoryQueue:
     shared = False
 
-    def __init__(self, key: str, deadletter_path: str) -> None:
+    def __init__(self, key: str, deadletter_path: Path) -> None:
         self.key = key
-        self.deadletter_path = Path(deadletter_path)
-        self._waiting: deque[str] = deque()
-        self._leased: dict[str, str] = {}
+        self.deadletter_path = deadletter_path
+        self._ready: deque[_Message] = deque()
+        self._delayed: list[tuple[float, int, _Message]] = []
+        self._leased: dict[str, _Message] = {}
         self._ids = itertools.count(1)
 
     @classmethod
-    def from_config(cls, config: HydraConfig, key: str, **_: Any) -> MemoryQueue:
-        return cls(key, config.deadletter_path)
+    def from_crawler(cls, crawler: Crawler, key: str, **_: Any) -> MemoryQueue:
+        config = HydraConfig.from_crawler(crawler)
+        return cls(key, project_path(config.deadletter_path))
 
     async def open(self) -> None:
         self.deadletter_path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,16 +56,19 @@ class MemoryQueue:
         return None
 
     async def push(self, payloads: Sequence[str]) -> None:
-        self._waiting.extend(payloads)
+        self._ready.extend(_Message(uuid.uuid4().hex, payload) for payload in payloads)
 
     async def claim(self, limit: int) -> ClaimResult:
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            self._ready.append(heapq.heappop(self._delayed)[2])
         deliveries: list[Delivery] = []
-        while self._waiting and len(deliveries) < limit:
+        while self._ready and len(deliveries) < limit:
             lease_id = f"local:{next(self._ids)}"
-            payload = self._waiting.popleft()
-            self._leased[lease_id] = payload
-            deliveries.append(Delivery(lease_id, payload, self.key))
-        return ClaimResult(deliveries)
+            message = self._ready.popleft()
+            self._leased[lease_id] = message
+            deliveries.append(Delivery(lease_id, message.payload, self.key, message.message_id))
+        return ClaimResult(deliveries, delayed=len(self._delayed))
 
     async def renew(self, lease_ids: Sequence[str]) -> list[str]:
         return [lease_id for lease_id in lease_ids if lease_id not in self._leased]
@@ -58,20 +76,55 @@ class MemoryQueue:
     async def ack(self, acks: Sequence[Acknowledgement]) -> list[bool]:
         results = []
         lines: list[str] = []
+        now = time.monotonic()
         for ack in acks:
             held = self._leased.pop(ack.lease_id, None) is not None
             results.append(held)
-            if held:
-                self._waiting.extend(ack.requeue)
-                lines.extend(ack.deadletter)
+            if not held:
+                continue
+            for requeue in ack.requeue:
+                message = _Message(uuid.uuid4().hex, requeue.payload)
+                if requeue.delay > 0:
+                    due = (now + requeue.delay, next(self._ids), message)
+                    heapq.heappush(self._delayed, due)
+                else:
+                    self._ready.append(message)
+            lines.extend(ack.deadletter)
+        if lines:
+            await asyncio.to_thread(self._append_deadletter, lines)
+        return results
+
+    async def checkpoint(self, checkpoints: Sequence[Checkpoint]) -> list[bool]:
+        results = []
+        lines: list[str] = []
+        for checkpoint in checkpoints:
+            message = self._leased.get(checkpoint.lease_id)
+            results.append(message is not None)
+            if message is None:
+                continue
+            if checkpoint.payload is not None:
+                message.payload = checkpoint.payload
+            lines.extend(checkpoint.deadletter)
         if lines:
             await asyncio.to_thread(self._append_deadletter, lines)
         return results
 
     async def release(self, lease_ids: Sequence[str]) -> int:
         released = [self._leased.pop(i) for i in lease_ids if i in self._leased]
-        self._waiting.extendleft(reversed(released))
+        self._ready.extendleft(reversed(released))
         return len(released)
+
+    async def depth(self) -> int:
+        return len(self._ready) + len(self._delayed)
+
+    async def server_warnings(self) -> list[str]:
+        return []
+
+    async def recover(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        return f"embedded memory queue {self.key}"
 
     def describe_deadletter(self) -> str:
         return str(self.deadletter_path)

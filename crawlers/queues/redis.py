@@ -1,21 +1,24 @@
-"""Shared queue on a Redis list, with leases that survive a worker's death.
+"""Shared queue on Redis, with leases that survive a worker's death.
 
-Producers push JSON onto a plain list (``RPUSH hydra:prices:batches '{...}'``),
+Producers push messages onto a plain list (``RPUSH hydra:prices:batches '{...}'``),
 as they would for scrapy-redis. Unlike scrapy-redis's destructive pops, a claim
-moves the message into a lease (``<key>:leases`` sorted set scored by deadline,
-``<key>:payloads`` hash), all in one Lua script using the server's clock. Any
-worker's claim first returns expired leases to the head of the list and counts
-the redelivery in ``<key>:redeliveries`` (by payload SHA-1), so poison messages
-can be recognised. An ack removes the lease and pushes the follow-ups in one
-script, so a crash never leaves a remainder without its original or both.
+moves the message into a lease, all in one Lua script on the server's clock
+(see ``redis_scripts`` for the keys). Any worker's claim first returns the
+expired leases of *other* workers to the head of the queue and counts the
+redelivery on the message itself, so poison messages are recognised. An ack
+removes the lease and pushes the follow-ups in one script, so a crash never
+leaves a remainder without its original or both.
 
 The connection is built by scrapy-redis's ``get_redis`` (its connection
 settings, ``REDIS_PARAMS``) with the asyncio client, so Twisted's reactor is
-never blocked by a socket read.
+never blocked by a socket read. Nothing connects before the first call.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,91 +26,35 @@ import redis.asyncio
 from scrapy_redis import defaults as scrapy_redis_defaults
 from scrapy_redis.connection import get_redis
 
-from crawlers.config import redact_url
-from crawlers.queues.base import Acknowledgement, ClaimResult, Delivery
+from crawlers.config import HydraConfig
+from crawlers.models.redaction import redact_url
+from crawlers.queues import redis_scripts
+from crawlers.queues.base import Acknowledgement, Checkpoint, ClaimResult, Delivery
 
 if TYPE_CHECKING:
-    from crawlers.config import HydraConfig
+    from scrapy.crawler import Crawler
 
-_NOW_MS = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-"""
+#: dead-letter ids remembered for idempotent transfers
+_TRANSFER_MEMORY_MS = 7 * 24 * 3600 * 1000
+_TRANSFER_BATCH = 100
 
-# KEYS: list, leases, payloads, redeliveries, sequence
-# ARGV: limit, lease_ms, worker, reclaim_limit
-CLAIM = (
-    _NOW_MS
-    + """
-local reclaimed = 0
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
-for _, lease in ipairs(expired) do
-  local payload = redis.call('HGET', KEYS[3], lease)
-  if payload then
-    redis.call('LPUSH', KEYS[1], payload)
-    redis.call('HINCRBY', KEYS[4], redis.sha1hex(payload), 1)
-    reclaimed = reclaimed + 1
-  end
-  redis.call('HDEL', KEYS[3], lease)
-  redis.call('ZREM', KEYS[2], lease)
-end
-local out = {reclaimed}
-for _ = 1, tonumber(ARGV[1]) do
-  local payload = redis.call('LPOP', KEYS[1])
-  if not payload then break end
-  local lease = ARGV[3] .. ':' .. redis.call('INCR', KEYS[5])
-  redis.call('HSET', KEYS[3], lease, payload)
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), lease)
-  local seen = redis.call('HGET', KEYS[4], redis.sha1hex(payload)) or '0'
-  table.insert(out, lease)
-  table.insert(out, payload)
-  table.insert(out, seen)
-end
-return out
-"""
-)
 
-# KEYS: leases; ARGV: lease_ms, lease ids...
-RENEW = (
-    _NOW_MS
-    + """
-local lost = {}
-for i = 2, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
-  else
-    table.insert(lost, ARGV[i])
-  end
-end
-return lost
-"""
-)
+def helper_key(key: str, name: str) -> str:
+    """``{key}:name``: in the same Redis Cluster slot as ``key`` itself."""
+    return f"{{{key}}}:{name}"
 
-# KEYS: leases, payloads, redeliveries, list, deadletter
-# ARGV: lease, requeue count, requeued payloads..., dead-letter entries...
-ACK = """
-local held = redis.call('ZREM', KEYS[1], ARGV[1])
-if held == 0 then return 0 end
-local payload = redis.call('HGET', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-if payload then redis.call('HDEL', KEYS[3], redis.sha1hex(payload)) end
-local requeued = tonumber(ARGV[2])
-for i = 3, 2 + requeued do redis.call('RPUSH', KEYS[4], ARGV[i]) end
-for i = 3 + requeued, #ARGV do redis.call('RPUSH', KEYS[5], ARGV[i]) end
-return 1
-"""
 
-# KEYS: leases, payloads, list; ARGV: lease
-RELEASE = """
-local held = redis.call('ZREM', KEYS[1], ARGV[1])
-local payload = redis.call('HGET', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-if held == 1 and payload then
-  redis.call('LPUSH', KEYS[3], payload)
-  return 1
-end
-return 0
-"""
+def parse_envelope(raw: bytes) -> tuple[str, int, bytes]:
+    message_id, deliveries, payload = raw.split(b"\n", 2)
+    return message_id.decode(), int(deliveries), payload
+
+
+def decode_payload(payload: bytes) -> tuple[str, bool]:
+    """``(text, undecodable)``; bytes that are not UTF-8 are kept backslash-escaped."""
+    try:
+        return payload.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return payload.decode("utf-8", "backslashreplace"), True
 
 
 class RedisLeaseQueue:
@@ -129,23 +76,24 @@ class RedisLeaseQueue:
         self.lease_ms = int(lease_seconds * 1000)
         self.worker_id = worker_id
         self.redis_params = redis_params or {}
-        self.leases_key = f"{key}:leases"
-        self.payloads_key = f"{key}:payloads"
-        self.redeliveries_key = f"{key}:redeliveries"
-        self.sequence_key = f"{key}:lease-sequence"
+        self.ready_key = helper_key(key, "ready")
+        self.delayed_key = helper_key(key, "delayed")
+        self.leases_key = helper_key(key, "leases")
+        self.held_key = helper_key(key, "held")
+        self.outbox_key = helper_key(key, "deadletter-outbox")
+        self.transferred_key = helper_key(deadletter_key, "ids")
         self._client: redis.asyncio.Redis | None = None
 
     @classmethod
-    def from_config(
-        cls, config: HydraConfig, key: str, *, worker_id: str, redis_params: dict[str, Any]
-    ) -> RedisLeaseQueue:
+    def from_crawler(cls, crawler: Crawler, key: str, *, worker_id: str) -> RedisLeaseQueue:
+        config = HydraConfig.from_crawler(crawler)
         return cls(
             config.redis_url,
             key,
             deadletter_key=config.deadletter_key,
             lease_seconds=config.queue_lease_seconds,
             worker_id=worker_id,
-            redis_params=redis_params,
+            redis_params=crawler.settings.getdict("REDIS_PARAMS"),
         )
 
     @property
@@ -155,15 +103,16 @@ class RedisLeaseQueue:
         return self._client
 
     async def open(self) -> None:
+        """Build the client and register the scripts; the first call connects."""
         params: dict[str, Any] = {**scrapy_redis_defaults.REDIS_PARAMS, **self.redis_params}
-        params.update(url=self.url, redis_cls=redis.asyncio.Redis, decode_responses=True)
+        params.update(url=self.url, redis_cls=redis.asyncio.Redis, decode_responses=False)
         self._client = get_redis(**params)
-        self._claim = self.client.register_script(CLAIM)
-        self._renew = self.client.register_script(RENEW)
-        self._ack = self.client.register_script(ACK)
-        self._release = self.client.register_script(RELEASE)
-        # fail loudly at start-up; later outages are retried by the ledger
-        await self.client.ping()
+        self._claim = self.client.register_script(redis_scripts.CLAIM)
+        self._renew = self.client.register_script(redis_scripts.RENEW)
+        self._ack = self.client.register_script(redis_scripts.ACK)
+        self._checkpoint = self.client.register_script(redis_scripts.CHECKPOINT)
+        self._release = self.client.register_script(redis_scripts.RELEASE)
+        self._transfer = self.client.register_script(redis_scripts.TRANSFER)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -175,40 +124,140 @@ class RedisLeaseQueue:
             await self.client.rpush(self.key, *payloads)
 
     async def claim(self, limit: int) -> ClaimResult:
-        keys = [self.key, self.leases_key, self.payloads_key]
-        keys += [self.redeliveries_key, self.sequence_key]
-        reply = await self._claim(keys=keys, args=[limit, self.lease_ms, self.worker_id, 100])
-        reclaimed, flat = int(reply[0]), reply[1:]
-        deliveries = [
-            Delivery(flat[i], flat[i + 1], self.key, int(flat[i + 2]))
-            for i in range(0, len(flat), 3)
-        ]
-        return ClaimResult(deliveries, reclaimed)
+        keys = [self.key, self.ready_key, self.delayed_key, self.leases_key, self.held_key]
+        prefix = self.worker_id + ":"
+        leases = [prefix + secrets.token_hex(8) for _ in range(limit)]
+        message_ids = [secrets.token_hex(12) for _ in range(limit)]
+        args: list[str | int] = [limit, self.lease_ms, prefix, 100, 1000, *leases, *message_ids]
+        reply = await self._claim(keys=keys, args=args)
+        reclaimed, delayed, flat = int(reply[0]), int(reply[1]), reply[2:]
+        deliveries = []
+        for lease, envelope in zip(flat[::2], flat[1::2], strict=True):
+            message_id, deliveries_count, raw = parse_envelope(envelope)
+            payload, undecodable = decode_payload(raw)
+            deliveries.append(
+                Delivery(
+                    lease.decode(), payload, self.key, message_id, deliveries_count, undecodable
+                )
+            )
+        return ClaimResult(deliveries, reclaimed, delayed)
 
     async def renew(self, lease_ids: Sequence[str]) -> list[str]:
         if not lease_ids:
             return []
-        return list(await self._renew(keys=[self.leases_key], args=[self.lease_ms, *lease_ids]))
+        lost = await self._renew(keys=[self.leases_key], args=[self.lease_ms, *lease_ids])
+        return [lease.decode() for lease in lost]
 
     async def ack(self, acks: Sequence[Acknowledgement]) -> list[bool]:
         if not acks:
             return []
-        keys = [self.leases_key, self.payloads_key, self.redeliveries_key]
-        keys += [self.key, self.deadletter_key]
+        keys = [self.leases_key, self.held_key, self.ready_key, self.delayed_key]
+        keys.append(self.outbox_key)
         async with self.client.pipeline(transaction=False) as pipe:
             for ack in acks:
-                args: list[str | int] = [ack.lease_id, len(ack.requeue)]
-                args += [*ack.requeue, *ack.deadletter]
+                args: list[Any] = [ack.lease_id, len(ack.requeue)]
+                for requeue in ack.requeue:
+                    args += [int(requeue.delay * 1000), secrets.token_hex(12), requeue.payload]
+                args += ack.deadletter
                 await self._ack(keys=keys, args=args, client=pipe)
             replies = await pipe.execute()
+        if any(ack.deadletter for ack in acks):
+            await self.transfer_deadletters()
+        return [bool(reply) for reply in replies]
+
+    async def checkpoint(self, checkpoints: Sequence[Checkpoint]) -> list[bool]:
+        if not checkpoints:
+            return []
+        keys = [self.leases_key, self.held_key, self.outbox_key]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for checkpoint in checkpoints:
+                has_payload = checkpoint.payload is not None
+                args: list[str | int] = [
+                    checkpoint.lease_id,
+                    int(has_payload),
+                    checkpoint.payload or "",
+                ]
+                args += checkpoint.deadletter
+                await self._checkpoint(keys=keys, args=args, client=pipe)
+            replies = await pipe.execute()
+        if any(checkpoint.deadletter for checkpoint in checkpoints):
+            await self.transfer_deadletters()
         return [bool(reply) for reply in replies]
 
     async def release(self, lease_ids: Sequence[str]) -> int:
-        keys = [self.leases_key, self.payloads_key, self.key]
+        keys = [self.leases_key, self.held_key, self.ready_key]
         released = 0
         for lease_id in lease_ids:
             released += int(await self._release(keys=keys, args=[lease_id]))
         return released
 
+    async def transfer_deadletters(self) -> int:
+        """Move outbox entries to the dead-letter list (another slot), idempotently.
+
+        Entries are removed from the outbox by value after the move, so workers
+        transferring at the same time never remove what the other has not moved.
+        """
+        moved = 0
+        while True:
+            reply = await self.client.lrange(self.outbox_key, 0, _TRANSFER_BATCH - 1)
+            entries = [entry if isinstance(entry, bytes) else entry.encode() for entry in reply]
+            if not entries:
+                return moved
+            ids = [_entry_id(entry) for entry in entries]
+            args: list[str | int | bytes] = [int(time.time() * 1000), _TRANSFER_MEMORY_MS]
+            args += [len(entries), *ids, *entries]
+            keys = [self.deadletter_key, self.transferred_key]
+            moved += int(await self._transfer(keys=keys, args=args))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for entry in entries:
+                    pipe.lrem(self.outbox_key, 1, entry)  # type: ignore[arg-type]
+                await pipe.execute()
+
+    async def depth(self) -> int:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.llen(self.key)
+            pipe.llen(self.ready_key)
+            pipe.zcard(self.delayed_key)
+            counts = await pipe.execute()
+        return sum(int(count) for count in counts)
+
+    async def server_warnings(self) -> list[str]:
+        try:
+            appendonly = await self.client.config_get("appendonly")
+            save = await self.client.config_get("save")
+        except redis.exceptions.ResponseError:  # CONFIG disabled (managed Redis): can't tell
+            return []
+        aof = _config_value(appendonly, "appendonly")
+        rdb = _config_value(save, "save")
+        if aof != "yes" and not rdb.strip():
+            return [
+                f"Redis at {redact_url(self.url)} has neither AOF nor RDB persistence: a "
+                "restart of Redis loses every queued and leased message. Enable "
+                "`appendonly yes` for at-least-once delivery."
+            ]
+        return []
+
+    async def recover(self) -> None:
+        await self.transfer_deadletters()
+
+    def describe(self) -> str:
+        return f"{redact_url(self.url)} list {self.key}"
+
     def describe_deadletter(self) -> str:
         return f"{redact_url(self.url)} list {self.deadletter_key}"
+
+
+def _entry_id(entry: bytes) -> str:
+    try:
+        value = json.loads(entry).get("id")
+    except (ValueError, AttributeError):
+        value = None
+    return str(value) if value else entry.decode("utf-8", "backslashreplace")[:200]
+
+
+def _config_value(reply: dict[Any, Any], name: str) -> str:
+    for key, value in reply.items():
+        key_text = key.decode() if isinstance(key, bytes) else str(key)
+        if key_text == name:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""

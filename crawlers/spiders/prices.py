@@ -11,29 +11,42 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from scrapy import Request, Spider
+from scrapy import Request
 from scrapy.http import TextResponse
 
 from crawlers.config import HydraConfig
-from crawlers.extensions.task_ledger import TaskLedger
-from crawlers.items import PriceItem
 from crawlers.models import PriceBatch
-from crawlers.tasks.price_batches import BatchControl
+from crawlers.spiders.base import TaskSpider
+from crawlers.tasks.price_batches import PriceBatchKind
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.http import Response
 
+    from crawlers.items import PriceItem
+    from crawlers.tasks.base import TaskRun
+
 logger = logging.getLogger(__name__)
 
 
-class PricesSpider(Spider):
+class PricesSpider(TaskSpider):
     name = "prices"
+    task_kind = "price_batch"
+    #: price batches only: one item and at most one request per response
+    custom_settings = {
+        # Scrapy starts CONCURRENT_ITEMS asyncio tasks for *every* response's output;
+        # the default 100 halves a worker's throughput
+        "CONCURRENT_ITEMS": 2,
+        "COOKIES_ENABLED": False,
+    }
+    task_components: ClassVar[dict[str, dict[str, int]]] = {
+        # sees the raw status first (before redirect/retry): anything not OK stops the batch
+        "DOWNLOADER_MIDDLEWARES": {"crawlers.middlewares.batch_stop.BatchStopMiddleware": 950},
+    }
     config: HydraConfig
-    batches: BatchControl
 
     def __init__(
         self,
@@ -51,13 +64,13 @@ class PricesSpider(Spider):
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> PricesSpider:
         spider: PricesSpider = super().from_crawler(crawler, *args, **kwargs)
         spider.config = HydraConfig.from_crawler(crawler)
-        spider.batches = BatchControl(crawler)
         return spider
 
     @property
-    def hydra_queue_key(self) -> str:
-        """Tells the TaskLedger which queue this spider consumes."""
-        return self.config.prices_queue_key
+    def batches(self) -> PriceBatchKind:
+        kind = self.kind
+        assert isinstance(kind, PriceBatchKind)
+        return kind
 
     def seed_batches(self) -> list[PriceBatch]:
         size = self.config.price_batch_size
@@ -71,37 +84,36 @@ class PricesSpider(Spider):
             for number, start in enumerate(range(0, len(self.seed_ids), size))
         ]
 
-    async def start(self) -> AsyncIterator[Request]:
-        ledger = TaskLedger.of(self.crawler)
-        if self.seed_ids:
-            batches = self.seed_batches()
-            await ledger.push([b.model_dump_json(exclude_none=True) for b in batches])
-            self.crawler.stats.inc_value("hydra/prices/ids_seeded", len(self.seed_ids))
-            logger.info("Queued %d IDs in %d batches", len(self.seed_ids), len(batches))
-        elif self.config.embedded:
-            logger.warning(
-                "Nothing to do: pass -a ids=1,2,3, or set HYDRA_REDIS_URL to consume "
-                "batches pushed to %s",
-                self.hydra_queue_key,
-            )
-        async for run in ledger.consume(PriceBatch.model_validate_json):
-            self.batches.admit(run)
-            yield self.batches.request(run, 0, self.parse_price)
+    def seed_payloads(self) -> list[str]:
+        if not self.seed_ids:
+            if self.config.embedded:
+                logger.warning(
+                    "Nothing to do: pass -a ids=1,2,3, or set HYDRA_REDIS_URL to consume "
+                    "batches pushed to %s",
+                    self.config.prices_queue_key,
+                )
+            return []
+        batches = self.seed_batches()
+        assert self.crawler.stats is not None
+        self.crawler.stats.inc_value("hydra/prices/ids_seeded", len(self.seed_ids))
+        logger.info("Queued %d IDs in %d batches", len(self.seed_ids), len(batches))
+        return [batch.model_dump_json(exclude_none=True) for batch in batches]
+
+    def start_task(self, run: TaskRun) -> Iterator[Request]:
+        yield self.batches.request(run, 0, self.parse_price)
 
     def parse_price(self, response: Response) -> Iterator[PriceItem | Request]:
-        position = self.batches.position(response.request) if response.request else None
-        if position is None:
-            raise RuntimeError(f"response without a batch position: {response}")
-        run, index = position
+        run = self.run_of(response)
+        if run is None:
+            return  # the batch was stopped or its lease lost meanwhile
+        index = int(response.meta["hydra_index"])
         try:
             if not isinstance(response, TextResponse):
                 raise ValueError("not a text response")
             data = response.json()
         except ValueError:
-            self.batches.stop(run, index, "invalid_json", "malformed JSON body")
+            self.fail_task(response, "invalid_json", "malformed JSON body")
             return
         yield self.batches.item(run, index, data)
         if index + 1 < len(run.message.ids):
             yield self.batches.request(run, index + 1, self.parse_price)
-        else:
-            self.batches.complete(run)

@@ -1,71 +1,94 @@
-"""Seed 000's batch rules: sequential IDs, stop at the first failure, requeue the rest."""
+"""Seed 000's batch rules: sequential IDs, stop at the first failure, requeue the rest.
+
+A batch's progress (``run.cursor``) is the index of the first ID whose item
+has not been emitted. It is the resume point: a checkpoint is the batch's
+remainder from there, so a batch reclaimed after a crash re-fetches only what
+was not yet durable. A failure at ID ``i`` requeues ``ids[i:]`` with
+``attempt + 1`` after a back-off delay (``Retry-After`` when the server sent
+one), or dead-letters it after ``HYDRA_BATCH_MAX_ATTEMPTS``.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from scrapy import Request
 
-from crawlers.config import HydraConfig
-from crawlers.extensions.task_ledger import TaskLedger, TaskRun
 from crawlers.items import PriceItem
 from crawlers.models import PriceBatch
+from crawlers.queues.base import Requeue
+from crawlers.tasks.base import InvalidMessage, Outcome, RunFailure, TaskKind, TaskRun
+from crawlers.urlpolicy import UrlPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from scrapy.crawler import Crawler
-    from scrapy.statscollectors import StatsCollector
+
+    from crawlers.models.deadletter import DeadLetterReason
 
 
-class BatchControl:
-    """Builds a batch's requests and ends batches; used by the spider and the middleware."""
+class PriceBatchKind(TaskKind):
+    name = "price_batch"
 
     def __init__(self, crawler: Crawler) -> None:
-        self.crawler = crawler
-        self.config = HydraConfig.from_crawler(crawler)
+        super().__init__(crawler)
+        self.policy = UrlPolicy.from_config(self.config)
+        self.ok_statuses = sorted(set(self.config.batch_ok_statuses))
 
-    @property
-    def stats(self) -> StatsCollector:
-        return self.crawler.stats  # not set yet when the spider is built
+    def queue_key(self) -> str:
+        return self.config.prices_queue_key
 
-    @cached_property
-    def ledger(self) -> TaskLedger:
-        return TaskLedger.of(self.crawler)  # extensions exist only once the crawl starts
+    def parse(self, payload: str) -> PriceBatch:
+        batch = PriceBatch.model_validate_json(payload)
+        problem = self.policy.violation(self.template(batch).replace("{id}", "x"))
+        if problem is not None:
+            raise InvalidMessage(f"url_template: {problem}", reason="forbidden_url")
+        return batch
 
-    @staticmethod
-    def position(request: Request) -> tuple[TaskRun, int] | None:
-        run = request.meta.get("hydra_run")
-        index = request.meta.get("hydra_index")
-        if isinstance(run, TaskRun) and isinstance(run.message, PriceBatch) and index is not None:
-            return run, int(index)
-        return None
+    def template(self, batch: PriceBatch) -> str:
+        return batch.url_template or self.config.price_url_template
 
-    def request(self, run: TaskRun, index: int, callback: Callable[..., object]) -> Request:
+    def admitted(self, run: TaskRun) -> None:
+        batch: PriceBatch = run.message
+        stats = self.crawler.stats
+        assert stats is not None
+        stats.inc_value("hydra/prices/batches_received")
+        if batch.attempt == 0 and batch.reason is None:
+            stats.inc_value("hydra/prices/ids_received", len(batch.ids))
+        if run.delivery.redeliveries:
+            # what the dead worker had not checkpointed may be fetched twice
+            stats.inc_value("hydra/prices/ids_redelivered", len(batch.ids))
+
+    # -- requests and items -------------------------------------------------
+
+    def request(self, run: TaskRun, index: int, callback: Callable[..., Any]) -> Request:
         """The POST for ``ids[index]``; retries and redirects are the batch's business."""
         batch: PriceBatch = run.message
-        run.cursor = index
-        template = batch.url_template or self.config.price_url_template
-        url = template.replace("{id}", quote(batch.ids[index], safe=""))
+        url = self.template(batch).replace("{id}", quote(batch.ids[index], safe=""))
         return Request(
             url,
             method="POST",
             callback=callback,
             dont_filter=True,
             meta={
-                "hydra_run": run,
+                "hydra_lease": run.lease_id,
                 "hydra_index": index,
                 "dont_retry": True,
                 "dont_redirect": True,
+                # statuses listed as OK reach the callback even outside 2xx
+                "handle_httpstatus_list": self.ok_statuses,
             },
         )
 
     def item(self, run: TaskRun, index: int, data: object) -> PriceItem:
         batch: PriceBatch = run.message
-        self.stats.inc_value("hydra/prices/ids_fetched")
+        run.cursor = index + 1
+        stats = self.crawler.stats
+        assert stats is not None
+        stats.inc_value("hydra/prices/ids_fetched")
         return PriceItem(
             run_id=batch.run_id,
             batch_id=batch.batch_id,
@@ -76,43 +99,82 @@ class BatchControl:
             attempt=batch.attempt,
         )
 
-    def admit(self, run: TaskRun) -> None:
-        """Count a claimed batch and let a shutdown requeue what it has not fetched."""
+    # -- how runs end -------------------------------------------------------
+
+    def checkpoint(self, run: TaskRun) -> str | None:
         batch: PriceBatch = run.message
-        self.stats.inc_value("hydra/prices/batches_received")
-        if batch.attempt == 0:
-            self.stats.inc_value("hydra/prices/ids_received", len(batch.ids))
-        if run.delivery.redeliveries:
-            # the dead worker may have stored some of these: an upper bound of duplicates
-            self.stats.inc_value("hydra/prices/ids_redelivered", len(batch.ids))
+        if run.cursor == 0 or run.cursor >= len(batch.ids):
+            return None
+        rest = batch.remainder(
+            run.cursor, "resumed after the IDs before it were stored", next_attempt=False
+        )
+        return rest.model_dump_json(exclude_none=True)
 
-        def resume() -> list[str]:
-            rest = batch.remainder(run.cursor, "worker shut down", next_attempt=False)
-            return [rest.model_dump_json(exclude_none=True)]
-
-        run.resume_payloads = resume
-
-    def complete(self, run: TaskRun) -> None:
-        self.stats.inc_value("hydra/prices/batches_completed")
-        self.ledger.finish(run)
-
-    def stop(self, run: TaskRun, index: int, kind: str, detail: str) -> None:
-        """End the batch at ``index``: requeue the remainder, or dead-letter it."""
+    def on_complete(self, run: TaskRun) -> Outcome:
         batch: PriceBatch = run.message
+        if run.cursor >= len(batch.ids):
+            self._inc("hydra/prices/batches_completed")
+            return Outcome()
+        # the chain of requests ended early (a request dropped, a callback that
+        # yielded nothing): the IDs not fetched go back like after a failure
+        detail = f"request chain ended after {run.cursor} of {len(batch.ids)} IDs"
+        return self.on_failure(run, RunFailure("chain_ended", detail))
+
+    def on_failure(self, run: TaskRun, failure: RunFailure) -> Outcome:
+        batch: PriceBatch = run.message
+        index = run.cursor
+        if failure.request is not None and "hydra_index" in failure.request.meta:
+            index = int(failure.request.meta["hydra_index"])
         reason = (
-            f"{detail} for id {batch.ids[index]} "
+            f"{failure.detail} for id {batch.ids[index]} "
             f"(region {self.config.region}, attempt {batch.attempt})"
         )
         remainder = batch.remainder(index, reason)
         payload = remainder.model_dump_json(exclude_none=True)
-        self.stats.inc_value("hydra/prices/batches_stopped")
-        self.stats.inc_value(f"hydra/prices/stopped/{kind}")
-        if remainder.attempt >= self.config.batch_max_attempts:
-            self.stats.inc_value("hydra/prices/ids_deadlettered", len(remainder.ids))
-            entry = self.ledger.dead_letter_entry(
-                "max_attempts", reason, payload, attempts=remainder.attempt
-            )
-            self.ledger.finish(run, deadletter=[entry])
-        else:
-            self.stats.inc_value("hydra/prices/ids_requeued", len(remainder.ids))
-            self.ledger.finish(run, requeue=[payload])
+        self._inc("hydra/prices/batches_stopped")
+        self._inc(f"hydra/prices/stopped/{failure.reason}")
+        if failure.permanent or remainder.attempt >= self.config.batch_max_attempts:
+            self._inc("hydra/prices/ids_deadlettered", len(remainder.ids))
+            why: DeadLetterReason = "max_attempts"
+            if failure.reason == "forbidden_url":
+                why = "forbidden_url"
+            entry = self.dead_letter(run, why, reason, payload)
+            return Outcome(deadletter=[entry])
+        self._inc("hydra/prices/ids_requeued", len(remainder.ids))
+        delay = self.retry_delay(remainder.attempt, failure.retry_after)
+        return Outcome(requeue=[Requeue(payload, delay)])
+
+    def row_key(self, item: Any) -> str | None:
+        if isinstance(item, PriceItem):
+            return f"{item.run_id}/{item.id}"
+        return None
+
+    def replay_payload(self, payload: str) -> str:
+        batch = PriceBatch.model_validate_json(payload)
+        fresh = batch.model_copy(update={"attempt": 0, "reason": "replayed from the dead-letter"})
+        return fresh.model_dump_json(exclude_none=True)
+
+    # -- reporting ----------------------------------------------------------
+
+    def succeeded(self, stats: dict[str, Any]) -> bool:
+        return int(stats.get("hydra/prices/ids_fetched", 0)) > 0
+
+    def progress(self, stats: dict[str, Any]) -> tuple[str, int]:
+        return "IDs done", int(stats.get("hydra/prices/ids_fetched", 0))
+
+    def summary_lines(self, stats: dict[str, Any]) -> list[str]:
+        def count(key: str) -> int:
+            return int(stats.get(f"hydra/prices/{key}", 0))
+
+        return [
+            f"IDs asked:         {count('ids_seeded') or count('ids_received')}",
+            f"IDs stored:        {count('ids_fetched')}",
+            f"IDs requeued:      {count('ids_requeued')} "
+            f"(in {count('batches_stopped')} stopped batches)",
+            f"IDs dead-lettered: {count('ids_deadlettered')}",
+        ]
+
+    def _inc(self, key: str, count: int = 1) -> None:
+        stats = self.crawler.stats
+        assert stats is not None
+        stats.inc_value(key, count)

@@ -1,0 +1,2 @@
+"""Hydra's Scrapy commands (``COMMANDS_MODULE``): ``crawl`` (with honest exit codes)
+and ``deadletter``."""
