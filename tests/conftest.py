@@ -18,6 +18,15 @@ from tests.servers import RedisServer
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the caller's HYDRA_* settings (an exported HYDRA_REDIS_URL
+    would otherwise turn embedded tests into distributed ones)."""
+    for name in list(os.environ):
+        if name.startswith("HYDRA_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
@@ -53,8 +62,10 @@ def scrapy_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "scrapy", "crawl", "prices", *args]
 
 
-def run_worker(*args: str, timeout: float = 120, **settings: object) -> str:
-    """Run one worker to completion; return its log (stderr). Fails on a non-zero exit."""
+def run_worker(
+    *args: str, timeout: float = 120, expect_exit: int = 0, **settings: object
+) -> str:
+    """Run one worker to completion; return its log (stderr). Fails on another exit status."""
     process = subprocess.run(
         scrapy_command(*args),
         cwd=ROOT,
@@ -64,7 +75,7 @@ def run_worker(*args: str, timeout: float = 120, **settings: object) -> str:
         timeout=timeout,
         check=False,
     )
-    assert process.returncode == 0, process.stderr[-4000:]
+    assert process.returncode == expect_exit, process.stderr[-4000:]
     return process.stderr
 
 

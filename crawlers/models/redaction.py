@@ -38,7 +38,7 @@ _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s'\"<>`]+")
 
 
 def is_secret_key(key: str) -> bool:
-    lowered = key.lower()
+    lowered = key.lower().replace("-", "_")
     return any(marker in lowered for marker in _SECRET_MARKERS)
 
 

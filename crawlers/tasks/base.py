@@ -146,8 +146,10 @@ class TaskKind:
         """``(what, count)`` for progress lines, e.g. ``("IDs done", 1200)``."""
         return "items stored", int(stats.get("item_scraped_count", 0))
 
-    def replay_payload(self, payload: str) -> str:
-        """A dead-lettered payload prepared for another go (``scrapy deadletter replay``)."""
+    @classmethod
+    def replay_payload(cls, payload: str) -> str:
+        """A dead-lettered payload prepared for another go (``scrapy deadletter replay``);
+        a class method, so the command needs no crawler."""
         return payload
 
     # -- helpers for subclasses -------------------------------------------

@@ -149,7 +149,8 @@ class PriceBatchKind(TaskKind):
             return f"{item.run_id}/{item.id}"
         return None
 
-    def replay_payload(self, payload: str) -> str:
+    @classmethod
+    def replay_payload(cls, payload: str) -> str:
         batch = PriceBatch.model_validate_json(payload)
         fresh = batch.model_copy(update={"attempt": 0, "reason": "replayed from the dead-letter"})
         return fresh.model_dump_json(exclude_none=True)

@@ -1,11 +1,13 @@
-"""HYDRA_* settings: defaults, string forms, environment fallback, clear errors."""
+"""HYDRA_* settings: defaults, string forms, environment fallback, registries, clear errors."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 from scrapy.settings import Settings
 
-from crawlers.config import HydraConfig, redact_url
+from crawlers.config import HydraConfig, HydraConfigError, project_path, project_root
 
 
 def test_defaults_are_embedded() -> None:
@@ -14,6 +16,7 @@ def test_defaults_are_embedded() -> None:
     assert config.batch_ok_statuses == [200]
     assert config.sinks == ["jsonl://output/prices.jsonl"]
     assert config.region == "default"
+    assert config.allowed_schemes == ["http", "https"]
 
 
 @pytest.mark.parametrize("raw", ["200,204", "[200, 204]", [200, 204]])
@@ -34,17 +37,61 @@ def test_environment_is_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.region == "us"  # the Scrapy setting wins over the environment
 
 
-def test_unknown_setting_is_an_error() -> None:
-    with pytest.raises(ValueError, match="HYDRA_LEASE_SECONDS"):
-        HydraConfig.from_settings(Settings({"HYDRA_LEASE_SECONDS": 3}))
+def test_registries_merge_with_their_base() -> None:
+    settings = Settings(
+        {"HYDRA_TASK_KINDS": '{"fetch": "x.Fetch"}', "HYDRA_SINK_SCHEMES": {"jsonl": None}}
+    )
+    config = HydraConfig.from_settings(settings)
+    assert config.registry("task_kinds") == {
+        "price_batch": "crawlers.tasks.price_batches.PriceBatchKind",
+        "fetch": "x.Fetch",
+    }
+    assert config.registry("sink_schemes") == {}  # None removes a base entry
 
 
-def test_invalid_value_names_the_setting() -> None:
-    with pytest.raises(ValueError, match="HYDRA_QUEUE_PREFETCH"):
-        HydraConfig.from_settings(Settings({"HYDRA_QUEUE_PREFETCH": "0"}))
+def test_unknown_setting_is_an_error_with_a_suggestion() -> None:
+    with pytest.raises(HydraConfigError) as caught:
+        HydraConfig.from_settings(Settings({"HYDRA_QUEUE_PREFTCH": 3}))
+    assert caught.value.problems == [
+        "HYDRA_QUEUE_PREFTCH: unknown setting (did you mean HYDRA_QUEUE_PREFETCH?)"
+    ]
+
+
+def test_unknown_environment_variable_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HYDRA_IDLE_CLOSE_SECOND", "5")
+    with caplog.at_level(logging.WARNING):
+        HydraConfig.from_settings(Settings())
+    assert "HYDRA_IDLE_CLOSE_SECOND is not a Hydra setting" in caplog.text
+    assert "HYDRA_IDLE_CLOSE_SECONDS" in caplog.text
+
+
+def test_invalid_values_give_one_line_each_without_secrets() -> None:
+    settings = Settings(
+        {
+            "HYDRA_QUEUE_PREFETCH": "0",
+            "HYDRA_RETRY_DELAY_SECONDS": "soon",
+            "HYDRA_REDIS_URL": "redis://:hunter2@h:1/0",
+            "HYDRA_QUEUE_LEASE_SECONDS": "-1",
+        }
+    )
+    with pytest.raises(HydraConfigError) as caught:
+        HydraConfig.from_settings(settings)
+    problems = caught.value.problems
+    assert len(problems) == 3
+    assert problems[0].startswith("HYDRA_QUEUE_LEASE_SECONDS='-1': ")
+    assert any(p.startswith("HYDRA_QUEUE_PREFETCH='0': ") and "1" in p for p in problems)
+    assert any(p.startswith("HYDRA_RETRY_DELAY_SECONDS='soon'") for p in problems)
+    assert "hunter2" not in str(caught.value)
 
 
 def test_redis_password_is_redacted() -> None:
     config = HydraConfig.from_settings(Settings({"HYDRA_REDIS_URL": "redis://:s3cret@h:1/0"}))
     assert config.redis_url_redacted == "redis://:***@h:1/0"
-    assert redact_url("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_relative_paths_are_resolved_against_the_project() -> None:
+    assert (project_root() / "scrapy.cfg").exists()
+    assert project_path("output/dl.jsonl") == project_root() / "output/dl.jsonl"
+    assert str(project_path("/abs/dl.jsonl")) == "/abs/dl.jsonl"
