@@ -27,7 +27,7 @@ def _batch(batch_id: str, ids: list[str], **extra: Any) -> str:
 
 
 async def _open(tmp_path: Path, **settings: Any) -> tuple[TaskLedger, MemoryQueue]:
-    crawler, spider, ledger = price_crawler(
+    _, spider, ledger = price_crawler(
         HYDRA_DEADLETTER_PATH=str(tmp_path / "dl.jsonl"), HYDRA_SINKS="", **settings
     )
     await ledger.spider_opened(spider)
@@ -356,7 +356,7 @@ def test_an_unreachable_queue_at_start_is_waited_for_not_fatal(
 
     async def scenario() -> tuple[TaskLedger, float]:
         url = f"redis://127.0.0.1:{free_port()}/0"
-        crawler, spider, ledger = price_crawler(
+        _, spider, ledger = price_crawler(
             HYDRA_REDIS_URL=url, HYDRA_IDLE_CLOSE_SECONDS=0.3, HYDRA_QUEUE_POLL_MAX_SECONDS=0.05
         )
         await ledger.spider_opened(spider)  # must not raise

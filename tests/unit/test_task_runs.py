@@ -139,6 +139,7 @@ def test_an_error_while_starting_a_run_ends_that_run_only() -> None:
         return [output async for output in spider._start_run(run)]
 
     (request,) = asyncio.run(scenario())
+    assert request.meta["hydra_lease"] == run.lease_id
     assert run.finished and run.started
     assert "Missing scheme" in run.outcome.requeue[0].payload
     assert crawler.stats.get_value("hydra/prices/stopped/start_error") == 1
