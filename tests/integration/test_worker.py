@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import json
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from crawlers.queues.redis import RedisLeaseQueue
 from crawlers.sandbox import SandboxServer
-from tests.conftest import read_jsonl, read_summary, run_worker
-from tests.servers import RedisServer
+from tests.conftest import ROOT, read_jsonl, read_summary, run_worker, scrapy_command, worker_env
+from tests.servers import RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -85,30 +88,78 @@ def test_distributed_worker_consumes_pushed_batches_and_dead_letters_bad_ones(
     assert "ids" in entries[1]["error"]
     # nothing left leased or queued
     assert redis_client.llen("hydra:prices:batches") == 0
-    assert redis_client.zcard("hydra:prices:batches:leases") == 0
+    assert redis_client.zcard("{hydra:prices:batches}:leases") == 0
     summary = read_summary(tmp_path / "summary.json")
     assert summary["stats"]["hydra/queue/acked"] == len(good) + len(bad)
 
 
-def test_requeued_remainders_go_back_to_the_shared_queue(
+def test_requeued_remainders_go_back_to_the_shared_queue_and_succeed_later(
     tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    with SandboxServer(fail_ids=frozenset({"2"})) as sandbox:
-        redis_client.rpush(
-            "hydra:prices:batches",
-            json.dumps({"run_id": "r", "batch_id": "b", "ids": ["1", "2", "3"], "attempt": 4}),
-        )
-        run_worker(
+    """A first-attempt batch is stopped by a refusal, its remainder goes back through
+    Redis after a delay (held there, not in the worker), and is fetched on a later attempt."""
+    with SandboxServer(refuse_rate=0.5, seed=3) as sandbox:
+        ids = [str(n) for n in range(12)]
+        batch = {"run_id": "r", "batch_id": "b", "ids": ids}
+        redis_client.rpush("hydra:prices:batches", json.dumps(batch))
+        log = run_worker(
             HYDRA_REDIS_URL=redis_server.url,
             HYDRA_IDLE_CLOSE_SECONDS=0.5,
             HYDRA_PRICE_URL_TEMPLATE=sandbox.url_template,
-            HYDRA_BATCH_MAX_ATTEMPTS=5,
+            HYDRA_BATCH_MAX_ATTEMPTS=50,
+            HYDRA_RETRY_DELAY_SECONDS=0.05,
+            HYDRA_RETRY_DELAY_MAX_SECONDS=0.2,
             **_outputs(tmp_path),
         )
+        counts = sandbox.stats()
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(row["id"] for row in rows) == sorted(ids)  # each exactly once
+    assert counts["refused"] >= 1 and max(row["attempt"] for row in rows) >= 1
+    stats = read_summary(tmp_path / "summary.json")["stats"]
+    assert stats["hydra/prices/ids_requeued"] >= 1
+    assert redis_client.llen("hydra:deadletter") == 0
+    assert "Traceback" not in log
+
+
+def test_a_retry_delay_is_held_in_redis_across_worker_restarts(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    with SandboxServer(fail_ids=frozenset({"2"})) as sandbox:
+        batch = {"run_id": "r", "batch_id": "b", "ids": ["1", "2"]}
+        redis_client.rpush("hydra:prices:batches", json.dumps(batch))
+        settings: dict[str, object] = {
+            "HYDRA_REDIS_URL": redis_server.url,
+            "HYDRA_IDLE_CLOSE_SECONDS": 0.3,
+            "HYDRA_PRICE_URL_TEMPLATE": sandbox.url_template,
+            "HYDRA_BATCH_MAX_ATTEMPTS": 2,
+            "HYDRA_RETRY_DELAY_SECONDS": 2,
+        }
+        first = subprocess.Popen(
+            scrapy_command(), cwd=ROOT, env=worker_env(**settings, **_outputs(tmp_path)),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: redis_client.zcard("{hydra:prices:batches}:delayed"), 30, "a retry")
+            (_, due), *_ = redis_client.zrange(
+                "{hydra:prices:batches}:delayed", 0, 0, withscores=True
+            )
+            seconds, micros = redis_client.time()
+            server_ms = int(seconds) * 1000 + int(micros) // 1000
+            assert 1000 < due - server_ms <= 2000  # waits in Redis, not in the worker
+            first.send_signal(signal.SIGINT)  # the worker goes away; the retry stays
+            _, log = first.communicate(timeout=60)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+        assert first.returncode == 0, log[-3000:]
+        assert redis_client.zcard("{hydra:prices:batches}:delayed") == 1
+        run_worker(**settings, **_outputs(tmp_path / "second"), expect_exit=1)
+        per_id = sandbox.stats()["per_id"]
     (entry,) = [json.loads(e) for e in redis_client.lrange("hydra:deadletter", 0, -1)]
     assert entry["reason"] == "max_attempts"
-    assert json.loads(entry["payload"])["ids"] == ["2", "3"]
-    assert [row["id"] for row in read_jsonl(tmp_path / "out.jsonl")] == ["1"]
+    assert json.loads(entry["payload"])["ids"] == ["2"]
+    assert per_id == {"1": 1, "2": 2}  # one fetch per attempt, no tight loop
 
 
 def test_message_that_keeps_killing_workers_is_dead_lettered_as_poison(
@@ -116,18 +167,35 @@ def test_message_that_keeps_killing_workers_is_dead_lettered_as_poison(
 ) -> None:
     payload = json.dumps({"run_id": "r", "batch_id": "p", "ids": ["1"]})
     redis_client.rpush("hydra:prices:batches", payload)
-    # as if three workers had died holding it
-    redis_client.hset(
-        "hydra:prices:batches:redeliveries", hashlib.sha1(payload.encode()).hexdigest(), 3
-    )
+
+    async def die_holding_it(times: int) -> None:
+        """Workers that claim the message and die: their leases expire unrenewed."""
+        for n in range(times):
+            queue = RedisLeaseQueue(
+                redis_server.url,
+                "hydra:prices:batches",
+                deadletter_key="hydra:deadletter",
+                lease_seconds=0.05,
+                worker_id=f"dead-{n}",
+            )
+            await queue.open()
+            result = await queue.claim(1)
+            assert len(result.deliveries) == 1 and result.deliveries[0].redeliveries == n
+            await queue.close()
+            await asyncio.sleep(0.1)
+
+    asyncio.run(die_holding_it(3))
     run_worker(
         HYDRA_REDIS_URL=redis_server.url,
         HYDRA_IDLE_CLOSE_SECONDS=0.5,
         HYDRA_QUEUE_MAX_DELIVERIES=3,
         HYDRA_PRICE_URL_TEMPLATE=sandbox.url_template,
         **_outputs(tmp_path),
+        expect_exit=1,  # nothing succeeded
     )
     (entry,) = [json.loads(e) for e in redis_client.lrange("hydra:deadletter", 0, -1)]
     assert (entry["reason"], entry["payload"]) == ("poison", payload)
+    assert "reclaimed from dead workers 3 times" in entry["error"]
     assert sandbox.stats()["requests"] == 0
-    assert redis_client.hlen("hydra:prices:batches:redeliveries") == 0
+    assert redis_client.zcard("{hydra:prices:batches}:leases") == 0
+    assert redis_client.hlen("{hydra:prices:batches}:held") == 0
