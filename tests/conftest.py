@@ -62,9 +62,7 @@ def scrapy_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "scrapy", "crawl", "prices", *args]
 
 
-def run_worker(
-    *args: str, timeout: float = 120, expect_exit: int = 0, **settings: object
-) -> str:
+def run_worker(*args: str, timeout: float = 120, expect_exit: int = 0, **settings: object) -> str:
     """Run one worker to completion; return its log (stderr). Fails on another exit status."""
     process = subprocess.run(
         scrapy_command(*args),

@@ -74,7 +74,14 @@ class Settlement:
             resumable = self._checkpoint_candidates()
             dirty = any(flushable.dirty() for flushable in self._flushables)
             needs_flush = final or dirty or any(run.items_emitted for run in ready) or resumable
-            if needs_flush and self._flushables and not await self._flush(final):
+            flushed = True
+            if needs_flush and self._flushables:
+                flushed = await self._flush(final)
+            elif needs_flush and self.sink_failing:
+                # the sinks were closed while failing (SinkPipeline.close_spider removes
+                # them after its final flush): what they held never became durable
+                flushed = False
+            if not flushed:
                 ready = [run for run in ready if run.items_emitted == 0]
                 resumable = {}
             acks = [
@@ -122,11 +129,11 @@ class Settlement:
             self._changed.set()
 
     def _checkpoint_candidates(self) -> dict[TaskRun, str]:
-        """Unfinished runs with every emitted item through the pipelines whose resume
-        point moved since it was last recorded."""
+        """Unfinished runs whose resume point (after the items that left the pipelines)
+        moved since it was last recorded."""
         candidates: dict[TaskRun, str] = {}
         for run in self.runs.values():
-            if run.finished or run.items_pending:
+            if run.finished:
                 continue
             try:
                 payload = run.kind.checkpoint(run)
@@ -142,6 +149,8 @@ class Settlement:
         now = time.monotonic()
         if self.sink_failing and now < self._sink_retry_at and not final:
             return False
+        # what this flush makes durable: every item through the pipelines by now
+        through = {run: run.items_emitted - run.items_pending for run in self.runs.values()}
         results = await asyncio.gather(
             *(flushable.flush() for flushable in self._flushables), return_exceptions=True
         )
@@ -163,6 +172,10 @@ class Settlement:
             self.sink_failures = 0
             self._changed.set()
         self.stats.inc_value("hydra/sink/flushes")
+        for run, count in through.items():
+            if count > run.items_stored:
+                self.stats.inc_value("hydra/sink/items_stored", count - run.items_stored)
+                run.items_stored = count
         return True
 
     def _sink_failed(self, error: BaseException) -> None:

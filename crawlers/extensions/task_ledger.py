@@ -226,12 +226,14 @@ class TaskLedger(Settlement):
         )
         self.runs[run.lease_id] = run
         reason: DeadLetterReason = "invalid_message"
+        details: dict[str, Any] = {}
         try:
             if delivery.redeliveries >= self.config.queue_max_deliveries:
                 reason = "poison"
                 raise ValueError(f"reclaimed from dead workers {delivery.redeliveries} times")
             if delivery.undecodable:
-                raise ValueError("payload is not UTF-8")
+                details["payload_undecodable"] = True
+                raise ValueError("payload is not UTF-8 (kept backslash-escaped)")
             size = len(delivery.payload.encode("utf-8", "surrogatepass"))
             if size > self.config.max_message_bytes:
                 raise ValueError(
@@ -241,17 +243,19 @@ class TaskLedger(Settlement):
             run.message = kind.parse(delivery.payload)
             kind.admitted(run)
         except InvalidMessage as exc:
-            self._reject(run, exc.reason, str(exc))
+            self._reject(run, exc.reason, str(exc), details)
             return None
         except ValidationError as exc:
-            self._reject(run, reason, validation_error_text(exc))
+            self._reject(run, reason, validation_error_text(exc), details)
             return None
         except (Exception, RecursionError) as exc:  # anything else wrong with this message
-            self._reject(run, reason, f"{type(exc).__name__}: {exc}"[:2000])
+            self._reject(run, reason, f"{type(exc).__name__}: {exc}"[:2000], details)
             return None
         return run
 
-    def _reject(self, run: TaskRun, reason: DeadLetterReason, error: str) -> None:
+    def _reject(
+        self, run: TaskRun, reason: DeadLetterReason, error: str, details: dict[str, Any]
+    ) -> None:
         logger.warning(
             "Dead-lettering message from %s (%s): %s",
             run.delivery.source,
@@ -264,6 +268,7 @@ class TaskLedger(Settlement):
             run.delivery.payload,
             kind=run.kind.name,
             message_id=run.delivery.message_id,
+            details=details,
         )
         self._finish(run, Outcome(deadletter=[entry]))
 
@@ -408,8 +413,10 @@ class TaskLedger(Settlement):
         self._item_owner.pop(id(item), None)
         if run is not None:
             run.items_pending -= 1
-            if run.ackable:
-                self._changed.set()
+            if run.items_pending == 0:
+                run.settled_cursor = run.cursor
+                if run.finished:
+                    self._changed.set()
 
     # -- background loops -----------------------------------------------------
 

@@ -130,7 +130,12 @@ class MemoryQueue:
         return str(self.deadletter_path)
 
     def _append_deadletter(self, lines: list[str]) -> None:
-        with self.deadletter_path.open("a", encoding="utf-8") as file:
-            file.write("".join(line + "\n" for line in lines))
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
+        with self.deadletter_path.open("a+b") as file:
+            if file.seek(0, os.SEEK_END) > 0:
+                file.seek(-1, os.SEEK_END)
+                if file.read(1) != b"\n":  # a killed writer's torn line: end it first
+                    data = b"\n" + data
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())

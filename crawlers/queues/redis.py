@@ -17,6 +17,7 @@ never blocked by a socket read. Nothing connects before the first call.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import Sequence
@@ -34,13 +35,22 @@ from crawlers.queues.base import Acknowledgement, Checkpoint, ClaimResult, Deliv
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
+logger = logging.getLogger(__name__)
+
 #: dead-letter ids remembered for idempotent transfers
 _TRANSFER_MEMORY_MS = 7 * 24 * 3600 * 1000
 _TRANSFER_BATCH = 100
 
 
 def helper_key(key: str, name: str) -> str:
-    """``{key}:name``: in the same Redis Cluster slot as ``key`` itself."""
+    """``{key}:name``: in the same Redis Cluster slot as ``key`` itself. A key with a
+    hash tag of its own (``{hydra}:prices``) keeps it: ``{hydra}:prices:name``."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start != -1 else -1
+    if end > start + 1:
+        return f"{key}:{name}"
+    if "}" in key or "{" in key:
+        raise ValueError(f"queue key {key!r}: braces outside a hash tag")
     return f"{{{key}}}:{name}"
 
 
@@ -83,6 +93,7 @@ class RedisLeaseQueue:
         self.outbox_key = helper_key(key, "deadletter-outbox")
         self.transferred_key = helper_key(deadletter_key, "ids")
         self._client: redis.asyncio.Redis | None = None
+        self._transfer_pending = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, key: str, *, worker_id: str) -> RedisLeaseQueue:
@@ -131,6 +142,8 @@ class RedisLeaseQueue:
         args: list[str | int] = [limit, self.lease_ms, prefix, 100, 1000, *leases, *message_ids]
         reply = await self._claim(keys=keys, args=args)
         reclaimed, delayed, flat = int(reply[0]), int(reply[1]), reply[2:]
+        if self._transfer_pending:
+            await self.recover()
         deliveries = []
         for lease, envelope in zip(flat[::2], flat[1::2], strict=True):
             message_id, deliveries_count, raw = parse_envelope(envelope)
@@ -162,7 +175,7 @@ class RedisLeaseQueue:
                 await self._ack(keys=keys, args=args, client=pipe)
             replies = await pipe.execute()
         if any(ack.deadletter for ack in acks):
-            await self.transfer_deadletters()
+            await self._transfer_soon()
         return [bool(reply) for reply in replies]
 
     async def checkpoint(self, checkpoints: Sequence[Checkpoint]) -> list[bool]:
@@ -181,13 +194,24 @@ class RedisLeaseQueue:
                 await self._checkpoint(keys=keys, args=args, client=pipe)
             replies = await pipe.execute()
         if any(checkpoint.deadletter for checkpoint in checkpoints):
-            await self.transfer_deadletters()
+            await self._transfer_soon()
         return [bool(reply) for reply in replies]
+
+    async def _transfer_soon(self) -> None:
+        """Move dead letters now; if that fails, the ack above still stands (raising
+        would make the caller retry an ack that happened): ``recover()`` finishes it."""
+        try:
+            await self.transfer_deadletters()
+        except redis.exceptions.RedisError as exc:
+            logger.warning(
+                "Moving dead letters to %s failed (%s); retried later", self.deadletter_key, exc
+            )
+            self._transfer_pending = True
 
     async def release(self, lease_ids: Sequence[str]) -> int:
         keys = [self.leases_key, self.held_key, self.ready_key]
         released = 0
-        for lease_id in lease_ids:
+        for lease_id in reversed(lease_ids):  # LPUSH: the last one pushed is served first
             released += int(await self._release(keys=keys, args=[lease_id]))
         return released
 
@@ -239,6 +263,7 @@ class RedisLeaseQueue:
 
     async def recover(self) -> None:
         await self.transfer_deadletters()
+        self._transfer_pending = False
 
     def describe(self) -> str:
         return f"{redact_url(self.url)} list {self.key}"

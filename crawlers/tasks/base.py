@@ -72,13 +72,18 @@ class TaskRun:
     items_pending: int = 0
     #: items of this run so far (a run without items needs no flush before its ack)
     items_emitted: int = 0
+    #: items of this run a successful flush made durable
+    items_stored: int = 0
     #: the spider's ``start_task`` is exhausted: no more requests come from it
     started: bool = False
     #: the outcome is decided; nothing more of this run is fetched or stored
     finished: bool = False
     outcome: Outcome = field(default_factory=Outcome)
-    #: kind-specific progress, e.g. the index of the next price ID
+    #: kind-specific progress, e.g. the index of the next price ID whose item is not out
     cursor: int = 0
+    #: ``cursor`` as it was the last time no item of the run was in the pipelines: what
+    #: the next flush makes durable, so what a checkpoint may resume after
+    settled_cursor: int = 0
     #: payload last recorded as the resume point (``None``: the original)
     checkpointed: str | None = None
     #: dead letters (rejected rows) waiting for the next checkpoint or the ack
@@ -118,8 +123,8 @@ class TaskKind:
         """A valid message was claimed (count it)."""
 
     def checkpoint(self, run: TaskRun) -> str | None:
-        """The payload that resumes ``run`` after everything it emitted so far; ``None``
-        if the kind cannot resume (a reclaimed message then starts from the beginning)."""
+        """The payload that resumes ``run`` after ``run.settled_cursor``; ``None`` if the
+        kind cannot resume (a reclaimed message then starts from the beginning)."""
         return None
 
     def on_complete(self, run: TaskRun) -> Outcome:

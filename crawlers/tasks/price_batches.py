@@ -103,11 +103,11 @@ class PriceBatchKind(TaskKind):
 
     def checkpoint(self, run: TaskRun) -> str | None:
         batch: PriceBatch = run.message
-        if run.cursor == 0 or run.cursor >= len(batch.ids):
+        done = run.settled_cursor
+        if done == 0 or done >= len(batch.ids):
             return None
-        rest = batch.remainder(
-            run.cursor, "resumed after the IDs before it were stored", next_attempt=False
-        )
+        reason = "resumed after the IDs before it were stored"
+        rest = batch.remainder(done, reason, next_attempt=False)
         return rest.model_dump_json(exclude_none=True)
 
     def on_complete(self, run: TaskRun) -> Outcome:
@@ -169,7 +169,8 @@ class PriceBatchKind(TaskKind):
 
         return [
             f"IDs asked:         {count('ids_seeded') or count('ids_received')}",
-            f"IDs stored:        {count('ids_fetched')}",
+            f"IDs fetched:       {count('ids_fetched')}",
+            f"IDs stored:        {int(stats.get('hydra/sink/items_stored', 0))}",
             f"IDs requeued:      {count('ids_requeued')} "
             f"(in {count('batches_stopped')} stopped batches)",
             f"IDs dead-lettered: {count('ids_deadlettered')}",

@@ -205,7 +205,7 @@ def test_checkpoint_is_recorded_only_after_a_good_flush(tmp_path: Path) -> None:
         ledger.add_flushable(sink)
         await queue.push([_batch("b", ["1", "2", "3"])])
         run = await _claim_one(ledger)
-        run.cursor = 2  # items of "1" and "2" emitted and through the pipelines
+        run.cursor = run.settled_cursor = 2  # items of "1" and "2" through the pipelines
         await ledger.settle()  # the flush fails: nothing may be recorded
         assert queue._leased[run.lease_id].payload == run.delivery.payload
         ledger._sink_retry_at = 0

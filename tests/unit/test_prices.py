@@ -142,9 +142,11 @@ def test_checkpoint_is_the_remainder_after_what_was_emitted() -> None:
     run = batch_run(ledger, ["a", "b", "c"])
     assert kind.checkpoint(run) is None  # nothing emitted yet: the message as it is
     run.cursor = 2
+    assert kind.checkpoint(run) is None  # emitted, but not yet through the pipelines
+    run.settled_cursor = 2
     rest = PriceBatch.model_validate_json(kind.checkpoint(run) or "")
     assert (rest.ids, rest.attempt) == (["c"], 0)  # a resume is not a new attempt
-    run.cursor = 3
+    run.cursor = run.settled_cursor = 3
     assert kind.checkpoint(run) is None  # all done: nothing to resume
 
 
