@@ -254,7 +254,7 @@ def check_queue(result: RunResult, server: RedisServer) -> None:
     client = server.client()
     try:
         waiting = int(client.llen(QUEUE_KEY))
-        leased = int(client.zcard(f"{QUEUE_KEY}:leases"))
+        leased = int(client.zcard(f"{{{QUEUE_KEY}}}:leases"))
         deadletter = int(client.llen(DEADLETTER_KEY))
     finally:
         client.close()

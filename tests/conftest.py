@@ -58,14 +58,20 @@ def worker_env(**settings: object) -> dict[str, str]:
     return env
 
 
-def scrapy_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "scrapy", "crawl", "prices", *args]
+def scrapy_command(*args: str, spider: str = "prices") -> list[str]:
+    return [sys.executable, "-m", "scrapy", "crawl", spider, *args]
 
 
-def run_worker(*args: str, timeout: float = 120, expect_exit: int = 0, **settings: object) -> str:
+def run_worker(
+    *args: str,
+    timeout: float = 120,
+    expect_exit: int = 0,
+    spider: str = "prices",
+    **settings: object,
+) -> str:
     """Run one worker to completion; return its log (stderr). Fails on another exit status."""
     process = subprocess.run(
-        scrapy_command(*args),
+        scrapy_command(*args, spider=spider),
         cwd=ROOT,
         env=worker_env(**settings),
         capture_output=True,

@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scrapy import Spider
+from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.misc import load_object
 from scrapy.utils.spider import iterate_spider_output
 
@@ -54,15 +55,17 @@ class TaskSpider(Spider):
         """``custom_settings``, then the task components merged into the project's
         component dicts (``custom_settings`` would replace a dict, not extend it).
 
-        The merged dicts are set at spider priority: ``scrapy crawl`` merges the
-        project settings into the crawler again, which would drop them otherwise.
+        The merged dicts are set one priority above what they had (at least spider
+        priority): ``scrapy crawl`` merges the project and command-line settings into
+        the crawler again, and an equal priority would drop the merge.
         """
         super().update_settings(settings)
         for table in (TASK_COMPONENTS, cls.task_components):
             for name, components in table.items():
                 for path, order in components.items():
                     settings.set_in_component_priority_dict(name, load_object(path), order)
-                settings.set(name, settings.getdict(name), priority="spider")
+                priority = max(settings.getpriority(name) or 0, SETTINGS_PRIORITIES["spider"]) + 1
+                settings.set(name, settings.getdict(name), priority=priority)
 
     @cached_property
     def ledger(self) -> TaskLedger:
