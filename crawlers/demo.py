@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_demo(ids: int, refuse_rate: float, output: Path) -> int:
     output.mkdir(parents=True, exist_ok=True)
-    sink, deadletter, summary = (
-        output / name for name in ("prices.jsonl", "deadletter.jsonl", "summary.json")
+    sink, deadletter, summary, log = (
+        output / name for name in ("prices.jsonl", "deadletter.jsonl", "summary.json", "crawl.log")
     )
-    for path in (sink, deadletter, summary):
+    for path in (sink, deadletter, summary, log):
         path.unlink(missing_ok=True)
     asked = [f"tcg-{number:05d}" for number in range(1, ids + 1)]
     with SandboxServer(refuse_rate=refuse_rate, seed=7) as sandbox:
@@ -38,10 +38,12 @@ def run_demo(ids: int, refuse_rate: float, output: Path) -> int:
         )
         command = [sys.executable, "-m", "scrapy", "crawl", "prices", "-a", "run_id=demo"]
         command += ["-a", "ids=" + ",".join(asked), "-a", f"url_template={sandbox.url_template}"]
+        command += ["-s", f"LOG_FILE={log.resolve()}"]
+        print(f"Crawling {len(asked)} IDs with `scrapy crawl prices` (log: {log})")
         process = subprocess.run(command, cwd=ROOT, env=env, check=False)
         refused = sandbox.stats()["refused"]
     if process.returncode != 0 or not summary.exists():
-        print(f"The crawl failed (exit {process.returncode}); see its log above.")
+        print(f"The crawl failed (exit {process.returncode}); its log is {log}.")
         return 1
     stored = {json.loads(line)["id"] for line in sink.read_text().splitlines() if line}
     dead = set()

@@ -123,7 +123,12 @@ class TaskLedger(Settlement):
         self.queue = build_queue(self.crawler, self.kind.queue_key(), worker_id=self.worker_id)
         await self.queue.open()  # no network I/O: a server that is away shows in the loops
         self.deadletter_location = self.queue.describe_deadletter()
-        logger.info("Hydra worker %s consuming %s", self.worker_id, self.queue.describe())
+        logger.info(
+            "Hydra worker %s consuming %s; dead letters go to %s",
+            self.worker_id,
+            self.queue.describe(),
+            self.deadletter_location,
+        )
         renew_every = self.config.queue_lease_seconds / 3
         self._loops = [
             asyncio.ensure_future(self._every(renew_every, self.renew)),
