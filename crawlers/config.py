@@ -36,7 +36,9 @@ PREFIX = "HYDRA_"
 class HydraConfig(BaseModel):
     """All ``HYDRA_*`` settings. Field ``foo_bar`` is setting ``HYDRA_FOO_BAR``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", allow_inf_nan=False, ignored_types=(cached_property,)
+    )
 
     redis_url: str = Field(
         "",

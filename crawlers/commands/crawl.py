@@ -41,6 +41,10 @@ def config_problems(settings: BaseSettings, task_kind: str) -> list[str]:
         if urlsplit(uri).scheme not in sink_schemes:
             known = ", ".join(f"{name}://" for name in sorted(sink_schemes))
             problems.append(f"HYDRA_SINKS: no sink for {uri!r} (known: {known})")
+    try:
+        _ = urlsplit(config.redis_url).port  # parsed by the client only when it connects
+    except ValueError as exc:
+        problems.append(f"HYDRA_REDIS_URL={config.redis_url_redacted!r}: {exc}")
     scheme = urlsplit(config.redis_url or "memory://").scheme
     if scheme not in config.registry("queue_schemes"):
         problems.append(f"HYDRA_REDIS_URL: unsupported scheme {scheme!r}")

@@ -120,8 +120,9 @@ class TaskLedger(Settlement):
         if not name:
             return
         self.kind = self.kind_named(name)
-        self.queue = build_queue(self.crawler, self.kind.queue_key(), worker_id=self.worker_id)
-        await self.queue.open()  # no network I/O: a server that is away shows in the loops
+        queue = build_queue(self.crawler, self.kind.queue_key(), worker_id=self.worker_id)
+        await queue.open()  # no network I/O: a server that is away shows in the loops
+        self.queue = queue
         self.deadletter_location = self.queue.describe_deadletter()
         logger.info(
             "Hydra worker %s consuming %s; dead letters go to %s",

@@ -57,9 +57,10 @@ class DeadLetterEntry(BaseModel):
         redactor: Redactor = DEFAULT_REDACTOR,
         **extra: Any,
     ) -> DeadLetterEntry:
-        truncated = len(payload) > max_bytes
-        if truncated:
-            payload = payload[:max_bytes]
+        encoded = payload.encode("utf-8", "surrogatepass")
+        truncated = len(encoded) > max_bytes
+        if truncated:  # cut at a byte count, not characters: 4-byte characters count 4
+            payload = encoded[:max_bytes].decode("utf-8", "ignore")
         masked, redacted = redactor.payload(payload)
         return cls(
             reason=reason,

@@ -35,6 +35,8 @@ _SECRET_MARKERS = (
 DEFAULT_SECRET_PARAMS = ("key", "sig", "signature", "auth", "code", "session", "sid")
 #: a URL inside free text: scheme://... up to whitespace or a quote/bracket
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s'\"<>`]+")
+#: ``user:password@`` without a scheme, as in "invalid hostname: user:pw@host"
+_USERINFO_IN_TEXT = re.compile(r"([^\s:/@'\"<>`]*):[^\s/@'\"<>`]+@")
 
 
 def is_secret_key(key: str) -> bool:
@@ -78,9 +80,11 @@ class Redactor:
 
     def text(self, text: str) -> str:
         """Every URL found in ``text`` redacted; the rest unchanged."""
-        if "://" not in text:
-            return text
-        return _URL_IN_TEXT.sub(lambda match: self.url(match.group(0)), text)
+        if "://" in text:
+            text = _URL_IN_TEXT.sub(lambda match: self.url(match.group(0)), text)
+        if "@" in text:
+            text = _USERINFO_IN_TEXT.sub(lambda match: f"{match.group(1)}:{MASK}@", text)
+        return text
 
     def value(self, value: Any) -> Any:
         """A copy of a JSON value: secret-looking keys masked, URLs in strings redacted."""

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from scrapy import Request
+from w3lib.http import basic_auth_header
+from w3lib.url import safe_url_string
 
 from crawlers.items import PriceItem
 from crawlers.models import PriceBatch
@@ -43,7 +45,12 @@ class PriceBatchKind(TaskKind):
 
     def parse(self, payload: str) -> PriceBatch:
         batch = PriceBatch.model_validate_json(payload)
-        problem = self.policy.violation(self.template(batch).replace("{id}", "x"))
+        sample = self.template(batch).replace("{id}", "x")
+        try:
+            requested = safe_url_string(sample)  # the URL Scrapy's Request will hold
+        except ValueError as exc:
+            raise InvalidMessage(f"url_template: {exc}") from None
+        problem = self.policy.violation(sample) or self.policy.violation(requested)
         if problem is not None:
             raise InvalidMessage(f"url_template: {problem}", reason="forbidden_url")
         return batch
@@ -68,9 +75,17 @@ class PriceBatchKind(TaskKind):
         """The POST for ``ids[index]``; retries and redirects are the batch's business."""
         batch: PriceBatch = run.message
         url = self.template(batch).replace("{id}", quote(batch.ids[index], safe=""))
+        headers = {}
+        parts = urlsplit(url)
+        if "@" in parts.netloc:  # Scrapy cannot fetch user:password@host: basic auth instead
+            userinfo, _, host = parts.netloc.rpartition("@")
+            user, _, password = userinfo.partition(":")
+            headers["Authorization"] = basic_auth_header(unquote(user), unquote(password))
+            url = urlunsplit(parts._replace(netloc=host))
         return Request(
             url,
             method="POST",
+            headers=headers,
             callback=callback,
             dont_filter=True,
             meta={
