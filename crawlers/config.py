@@ -170,6 +170,12 @@ class HydraConfig(BaseModel):
         description="Longest wait between retries of a failing sink flush (back-off from "
         "the ack interval). While a sink fails, the worker claims nothing new.",
     )
+    sink_give_up_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="A worker whose sinks have failed this long stops (exit 1) and gives "
+        "its messages back from their checkpoints; 0 = keep retrying for ever.",
+    )
     progress_interval_seconds: float = Field(
         60.0,
         ge=0,

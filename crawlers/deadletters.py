@@ -27,6 +27,7 @@ from crawlers.config import HydraConfig, project_path
 from crawlers.models.deadletter import DeadLetterEntry
 from crawlers.models.redaction import DEFAULT_REDACTOR, redact_url
 from crawlers.models.validation import validation_error_text
+from crawlers.queues.memory import deadletter_lock
 
 #: id prefixes are at least this long; a shorter all-digit token is a position
 MIN_ID_PREFIX = 8
@@ -206,6 +207,12 @@ class JsonLinesDeadLetterStore:
         return entries
 
     def remove(self, entries: Sequence[StoredEntry]) -> list[bool]:
+        if not self.path.exists():
+            return [False] * len(entries)
+        with deadletter_lock(self.path):  # a worker's append waits for the rewrite
+            return self._remove(entries)
+
+    def _remove(self, entries: Sequence[StoredEntry]) -> list[bool]:
         lines, tail = self._load()
         if tail:  # kept, but ended: a later append must not glue onto it
             lines.append(tail)

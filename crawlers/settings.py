@@ -23,10 +23,6 @@ LOG_LEVEL = "INFO"
 ROBOTSTXT_OBEY = False  # workers call APIs they are entitled to, by POST
 DOWNLOAD_TIMEOUT = 30
 
-# Concurrency is set by HYDRA_QUEUE_PREFETCH (runs in flight); Scrapy's own limits
-# are only raised so that they never bind first.
-CONCURRENT_REQUESTS = 256
-CONCURRENT_REQUESTS_PER_DOMAIN = 256
 
 # Scrapy re-parses a generator callback's source with `ast` on every response when
 # the callback is a bound method (its cache misses): ~8% of a worker's CPU.

@@ -47,21 +47,31 @@ class Settlement:
     runs: dict[str, TaskRun]
     _flushables: list[Flushable]
     _changed: asyncio.Event
+    _stopping: asyncio.Event
 
     def __init__(self) -> None:
         self._settle_lock = asyncio.Lock()
         self.sink_failures = 0
         self._sink_retry_at = 0.0
         self._sink_failing_since = 0.0
+        self._warned_no_sinks = False
 
     @property
     def sink_failing(self) -> bool:
         return self.sink_failures > 0
 
+    @property
+    def sink_failing_for(self) -> float:
+        """Seconds since the first of the current run of failed flushes."""
+        return time.monotonic() - self._sink_failing_since if self.sink_failing else 0.0
+
     def dead_letter_entry(self, reason: Any, error: str, payload: str, **fields: Any) -> str:
         raise NotImplementedError  # provided by TaskLedger
 
     def fail_worker(self, reason: str) -> None:
+        raise NotImplementedError  # provided by TaskLedger
+
+    def _forget(self, run: TaskRun) -> None:
         raise NotImplementedError  # provided by TaskLedger
 
     async def settle(self, *, final: bool = False) -> None:
@@ -77,10 +87,12 @@ class Settlement:
             flushed = True
             if needs_flush and self._flushables:
                 flushed = await self._flush(final)
-            elif needs_flush and self.sink_failing:
-                # the sinks were closed while failing (SinkPipeline.close_spider removes
-                # them after its final flush): what they held never became durable
+            elif needs_flush and (self.sink_failing or self.config.sinks):
+                # no sink is open although sinks are configured: closed while failing
+                # (SinkPipeline.close_spider removes them after its final flush), or
+                # never opened: what the runs emitted is not durable anywhere
                 flushed = False
+                self._warn_no_sinks()
             if not flushed:
                 ready = [run for run in ready if run.items_emitted == 0]
                 resumable = {}
@@ -100,33 +112,59 @@ class Settlement:
                 Checkpoint(run.lease_id, resumable.get(run), list(run.deadletter_pending))
                 for run in checkpoint_runs
             ]
-            if not acks and not checkpoints:
-                return
-            try:
-                acked = await queue.ack(acks)
-                recorded = await queue.checkpoint(checkpoints)
-            except Exception as exc:  # retried next round; the leases are still renewed
-                logger.warning("Acknowledging %d messages failed (%s); retrying", len(acks), exc)
-                self.stats.inc_value("hydra/queue/errors")
-                return
-            for run, held in zip(ready, acked, strict=True):
-                self.runs.pop(run.lease_id, None)
-                if held:
-                    self.stats.inc_value("hydra/queue/acked")
-                else:
-                    # another worker re-runs this message: what we stored is duplicated
-                    self.stats.inc_value("hydra/queue/ack_lease_lost")
-                    logger.warning("Lease %s expired before its ack", run.lease_id)
-            for run, checkpoint, held in zip(checkpoint_runs, checkpoints, recorded, strict=True):
-                del run.deadletter_pending[: len(checkpoint.deadletter)]
-                if checkpoint.payload is not None:
-                    run.checkpointed = checkpoint.payload
-                    self.stats.inc_value("hydra/queue/checkpoints")
-                if not held and self.runs.pop(run.lease_id, None) is not None:
-                    run.finished = True
-                    self.stats.inc_value("hydra/queue/lease_lost")
-                    logger.warning("Lost the lease %s: its run is stopped", run.lease_id)
+            # checkpoints first: they protect the most rows, so the window between a
+            # flush and the record of what it made durable is as short as it can be
+            if checkpoints:
+                await self._record_checkpoints(queue, checkpoint_runs, checkpoints)
+            if acks:
+                await self._acknowledge(queue, ready, acks)
             self._changed.set()
+
+    async def _record_checkpoints(
+        self, queue: TaskQueue, runs: list[TaskRun], checkpoints: list[Checkpoint]
+    ) -> None:
+        try:
+            recorded = await queue.checkpoint(checkpoints)
+        except Exception as exc:  # retried next round; the leases are still renewed
+            logger.warning("Recording %d checkpoints failed (%s)", len(checkpoints), exc)
+            self.stats.inc_value("hydra/queue/errors")
+            return
+        for run, checkpoint, held in zip(runs, checkpoints, recorded, strict=True):
+            del run.deadletter_pending[: len(checkpoint.deadletter)]
+            if checkpoint.payload is not None:
+                run.checkpointed = checkpoint.payload
+                self.stats.inc_value("hydra/queue/checkpoints")
+            if not held and run.lease_id in self.runs:
+                self._forget(run)
+                run.finished = True
+                self.stats.inc_value("hydra/queue/lease_lost")
+                logger.warning("Lost the lease %s: its run is stopped", run.lease_id)
+
+    async def _acknowledge(
+        self, queue: TaskQueue, ready: list[TaskRun], acks: list[Acknowledgement]
+    ) -> None:
+        try:
+            acked = await queue.ack(acks)
+        except Exception as exc:  # retried next round; the leases are still renewed
+            logger.warning("Acknowledging %d messages failed (%s); retrying", len(acks), exc)
+            self.stats.inc_value("hydra/queue/errors")
+            return
+        for run, held in zip(ready, acked, strict=True):
+            self._forget(run)
+            if held:
+                self.stats.inc_value("hydra/queue/acked")
+            else:
+                # another worker re-runs this message: what we stored is duplicated
+                self.stats.inc_value("hydra/queue/ack_lease_lost")
+                logger.warning("Lease %s expired before its ack", run.lease_id)
+
+    def _warn_no_sinks(self) -> None:
+        if not self.sink_failing and not self._stopping.is_set() and not self._warned_no_sinks:
+            self._warned_no_sinks = True
+            logger.error(
+                "HYDRA_SINKS is set but no sink is open (is SinkPipeline enabled?): "
+                "nothing that emitted items is acknowledged"
+            )
 
     def _checkpoint_candidates(self) -> dict[TaskRun, str]:
         """Unfinished runs whose resume point (after the items that left the pipelines)
@@ -183,7 +221,7 @@ class Settlement:
         self.sink_failures += 1
         self.stats.inc_value("hydra/sink/flush_errors")
         delay = min(
-            self.config.ack_interval_seconds * 2**self.sink_failures,
+            self.config.ack_interval_seconds * 2 ** min(self.sink_failures, 30),
             self.config.sink_retry_max_seconds,
         )
         self._sink_retry_at = now + delay
@@ -252,7 +290,8 @@ class Settlement:
             self.fail_worker("queue_unreachable")
             return
         self.stats.inc_value("hydra/queue/released", released)
-        self.runs.clear()
+        for run in list(self.runs.values()):
+            self._forget(run)
 
     def _check_outcome(self) -> None:
         """Failures that look like success are failures: say so, and exit non-zero."""

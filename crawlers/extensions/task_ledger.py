@@ -21,18 +21,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import ValidationError
 from scrapy import Request, Spider, signals
 from scrapy.utils.misc import build_from_crawler, load_object
 
 from crawlers.config import HydraConfig, HydraConfigError
+from crawlers.extensions.intake import Intake
 from crawlers.extensions.settlement import Settlement
-from crawlers.models import DeadLetterEntry, validation_error_text
-from crawlers.queues import Delivery, TaskQueue, build_queue, new_worker_id
-from crawlers.tasks.base import InvalidMessage, Outcome, RunFailure, TaskKind, TaskRun
+from crawlers.models import DeadLetterEntry
+from crawlers.queues import TaskQueue, build_queue, new_worker_id
+from crawlers.tasks.base import Outcome, RunFailure, TaskKind, TaskRun
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -52,7 +52,7 @@ class Flushable(Protocol):
     async def flush(self) -> list[Rejection]: ...
 
 
-class TaskLedger(Settlement):
+class TaskLedger(Intake, Settlement):
     """Extension shared by task spiders, their middlewares and pipelines.
 
     A spider opts in with a ``task_kind`` attribute; for other spiders it stays idle.
@@ -78,9 +78,8 @@ class TaskLedger(Settlement):
         self._stopping = asyncio.Event()
         self._closed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._queue_down_since: float | None = None
-        self._queue_last_warned = 0.0
-        self._queue_ever_up = False
+        self._warned_unattributed = False
+        Intake.__init__(self)
         Settlement.__init__(self)
         connect = crawler.signals.connect
         connect(self.spider_opened, signal=signals.spider_opened)
@@ -144,8 +143,13 @@ class TaskLedger(Settlement):
             self._stopping.set()
             self._settle_now.set()
             await asyncio.gather(*self._loops, return_exceptions=True)
-            await self.settle()
-            await self._give_back_unfinished()
+            # each step on its own: a failure of one must not skip giving messages back
+            for step in (self.settle, self._give_back_unfinished):
+                try:
+                    await step()
+                except Exception:
+                    logger.exception("Closing the ledger: %s failed", step.__name__)
+                    self.fail_worker("shutdown_error")
             self._check_outcome()
             await self.queue.close()
         finally:
@@ -171,113 +175,6 @@ class TaskLedger(Settlement):
         if self.stats.get_value("hydra/worker/failed") is None:
             self.stats.set_value("hydra/worker/failed", reason)
 
-    # -- intake ------------------------------------------------------------
-
-    async def push(self, payloads: list[str]) -> None:
-        await self._queue().push(payloads)
-
-    async def consume(self) -> AsyncIterator[TaskRun]:
-        """Yield runs of valid messages while the worker has room for them.
-
-        Invalid and poison messages are dead-lettered here; the caller only sees
-        work it can do. Returns when nothing has been claimable, delayed or held
-        for ``HYDRA_IDLE_CLOSE_SECONDS`` (an embedded queue: once drained), and
-        when the worker stops.
-        """
-        queue = self._queue()
-        backoff = 0.025
-        idle_since: float | None = None
-        while not self._stopping.is_set():
-            room = self._room()
-            if room <= 0:
-                idle_since = None
-                await self._wait_for_change(1.0)
-                continue
-            now = time.monotonic()
-            try:
-                result = await queue.claim(room)
-            except Exception as exc:  # the queue server is away: wait, don't exit
-                self._queue_unreachable(exc)
-                idle_since = None if self.runs else (idle_since or now)
-                if self._idle_expired(queue.shared, now - idle_since if idle_since else 0):
-                    self.fail_worker("queue_unreachable")
-                    return
-                await self._wait_for_change(self.config.queue_poll_max_seconds)
-                continue
-            await self._queue_reachable()
-            self.stats.inc_value("hydra/queue/reclaimed", result.reclaimed)
-            if not result.deliveries:
-                busy = bool(self.runs) or result.delayed > 0
-                idle_since = None if busy else (idle_since or now)
-                if idle_since is not None and self._idle_expired(queue.shared, now - idle_since):
-                    return
-                backoff = min(backoff * 2, self.config.queue_poll_max_seconds)
-                await self._wait_for_change(backoff)
-                continue
-            backoff, idle_since = 0.025, None
-            for delivery in result.deliveries:
-                run = self._admit(delivery)
-                if run is not None:
-                    yield run
-
-    def _admit(self, delivery: Delivery) -> TaskRun | None:
-        kind = self.kind
-        assert kind is not None
-        self.stats.inc_value("hydra/queue/claimed")
-        if delivery.redeliveries:
-            self.stats.inc_value("hydra/queue/redelivered")
-        now = time.monotonic()
-        run = TaskRun(
-            delivery, kind, claimed_at=now, deadline=now + self.config.task_timeout_seconds
-        )
-        self.runs[run.lease_id] = run
-        reason: DeadLetterReason = "invalid_message"
-        details: dict[str, Any] = {}
-        try:
-            if delivery.redeliveries >= self.config.queue_max_deliveries:
-                reason = "poison"
-                raise ValueError(f"reclaimed from dead workers {delivery.redeliveries} times")
-            if delivery.undecodable:
-                details["payload_undecodable"] = True
-                raise ValueError("payload is not UTF-8 (kept backslash-escaped)")
-            size = len(delivery.payload.encode("utf-8", "surrogatepass"))
-            if size > self.config.max_message_bytes:
-                raise ValueError(
-                    f"message of {size} bytes exceeds HYDRA_MAX_MESSAGE_BYTES "
-                    f"({self.config.max_message_bytes})"
-                )
-            run.message = kind.parse(delivery.payload)
-            kind.admitted(run)
-        except InvalidMessage as exc:
-            self._reject(run, exc.reason, str(exc), details)
-            return None
-        except ValidationError as exc:
-            self._reject(run, reason, validation_error_text(exc), details)
-            return None
-        except (Exception, RecursionError) as exc:  # anything else wrong with this message
-            self._reject(run, reason, f"{type(exc).__name__}: {exc}"[:2000], details)
-            return None
-        return run
-
-    def _reject(
-        self, run: TaskRun, reason: DeadLetterReason, error: str, details: dict[str, Any]
-    ) -> None:
-        logger.warning(
-            "Dead-lettering message from %s (%s): %s",
-            run.delivery.source,
-            reason,
-            self.config.redactor.text(error),
-        )
-        entry = self.dead_letter_entry(
-            reason,
-            error,
-            run.delivery.payload,
-            kind=run.kind.name,
-            message_id=run.delivery.message_id,
-            details=details,
-        )
-        self._finish(run, Outcome(deadletter=[entry]))
-
     def dead_letter_entry(
         self, reason: DeadLetterReason, error: str, payload: str, **fields: Any
     ) -> str:
@@ -302,28 +199,43 @@ class TaskLedger(Settlement):
         return run if run is not None and not run.finished else None
 
     def attach(self, run: TaskRun, output: Any) -> None:
-        """Count a request or item produced for ``run``; requests inherit its lease."""
+        """Count a request or item produced for ``run``; requests take its lease."""
         if isinstance(output, Request):
-            output.meta.setdefault("hydra_lease", run.lease_id)
+            meta = output.meta
+            meta["hydra_lease"] = run.lease_id
+            # bookkeeping of the request it may have been copied from does not apply
+            meta.pop("hydra_done", None)
+            meta.pop("hydra_outputs_attributed", None)
             run.outstanding += 1
             self._route_errback(output)
         elif output is not None:
             run.items_pending += 1
             run.items_emitted += 1
             self._item_owner[id(output)] = run
+            run.item_ids.add(id(output))
 
     def _route_errback(self, request: Request) -> None:
         """Every request of a run ends in the spider's ``hydra_errback`` if it fails,
         which settles the run and calls the request's own errback, if any."""
         spider = self.crawler.spider
         errback = getattr(spider, "hydra_errback", None)
-        if errback is None or request.errback == errback:
+        if errback is None:
             return
-        if request.errback is not None:
+        if request.errback is None:
+            request.meta.pop("hydra_errback", None)  # copied meta, not this request's
+        elif request.errback != errback:
             own = request.errback
             name = getattr(own, "__name__", "")
             request.meta["hydra_errback"] = name if getattr(spider, name, None) == own else own
         request.errback = errback
+
+    def _forget(self, run: TaskRun) -> None:
+        """Drop a run that was acked, lost or given back, and what pointed to it."""
+        self.runs.pop(run.lease_id, None)
+        for item_id in run.item_ids:
+            if self._item_owner.get(item_id) is run:
+                del self._item_owner[item_id]
+        run.item_ids.clear()
 
     def request_done(self, request: Request) -> None:
         """The request's callback or errback has run (or it was dropped)."""
@@ -412,12 +324,20 @@ class TaskLedger(Settlement):
             request = getattr(response, "request", None)
             if request is not None:
                 run = self.runs.get(request.meta.get("hydra_lease"))
+            elif self.runs and not self._warned_unattributed:
+                self._warned_unattributed = True
+                logger.warning(
+                    "An item left the pipelines as a different object than the one yielded "
+                    "from start(): its run cannot be told, and is settled only at its "
+                    "deadline. Item pipelines should return the item they were given."
+                )
         return run
 
     def _item_done(self, item: Any, response: Any) -> None:
         run = self._owner(item, response)
         self._item_owner.pop(id(item), None)
         if run is not None:
+            run.item_ids.discard(id(item))
             run.items_pending -= 1
             if run.items_pending == 0:
                 run.settled_cursor = run.cursor
@@ -432,9 +352,10 @@ class TaskLedger(Settlement):
         lost = await self.queue.renew(list(self.runs))
         self.stats.inc_value("hydra/queue/lease_renewals")
         for lease_id in lost:
-            run = self.runs.pop(lease_id, None)
+            run = self.runs.get(lease_id)
             if run is None:
                 continue
+            self._forget(run)
             # another worker has (or will have) the message: stop ours, never ack it
             run.finished = True
             self.stats.inc_value("hydra/queue/lease_lost")
@@ -448,21 +369,27 @@ class TaskLedger(Settlement):
         """Deadlines: no run is renewed forever."""
         now = time.monotonic()
         timeout = self.config.task_timeout_seconds
-        abandoned = []
         for run in list(self.runs.values()):
             if not run.finished and now > run.deadline:
                 self.stats.inc_value("hydra/task/timeouts")
                 self.fail(run, RunFailure("timeout", f"run not finished within {timeout:g} s"))
-            elif run.finished and run.items_pending > 0 and now > run.deadline + timeout:
-                abandoned.append(run)  # its items never came back from the pipelines
-        if abandoned and self.queue is not None:
-            for run in abandoned:
-                self.runs.pop(run.lease_id, None)
-                logger.error(
-                    "Giving back %s: its items are stuck in the item pipelines", run.lease_id
-                )
-            self.stats.inc_value("hydra/task/abandoned", len(abandoned))
-            await self.queue.release([run.lease_id for run in abandoned])
+            elif run.items_pending > 0 and now > run.deadline + timeout:
+                self._abandon(run)
+
+    def _abandon(self, run: TaskRun) -> None:
+        """Items that never came back from the pipelines (a stuck pipeline, or one that
+        returned another object for a start() item): the run fails from what is known
+        to be through, as another attempt, so a run that keeps sticking ends in the
+        dead-letter instead of going round for ever."""
+        logger.error("Items of %s are stuck in the item pipelines: failing the run", run.lease_id)
+        self.stats.inc_value("hydra/task/abandoned")
+        for item_id in run.item_ids:
+            self._item_owner.pop(item_id, None)
+        run.item_ids.clear()
+        run.items_pending = 0
+        run.cursor = run.settled_cursor
+        run.finished = False
+        self.fail(run, RunFailure("abandoned", "items stuck in the item pipelines"))
 
     async def _settle_loop(self) -> None:
         while not self._stopping.is_set():
@@ -491,56 +418,3 @@ class TaskLedger(Settlement):
         if self.queue is None:
             raise RuntimeError("TaskLedger has no queue: does the spider set task_kind?")
         return self.queue
-
-    def _room(self) -> int:
-        """Free run slots; none while a sink fails. Finished runs awaiting their ack do
-        not take a slot, up to a bound on what one worker holds."""
-        if self.sink_failing:
-            return 0
-        working = sum(1 for run in self.runs.values() if not run.finished)
-        held_limit = 4 * self.config.queue_prefetch
-        return min(self.config.queue_prefetch - working, held_limit - len(self.runs))
-
-    def _idle_expired(self, shared: bool, idle_for: float) -> bool:
-        if not shared:
-            return True
-        limit = self.config.idle_close_seconds
-        return limit > 0 and idle_for >= limit
-
-    async def _wait_for_change(self, timeout: float) -> None:
-        self._changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
-
-    def _queue_unreachable(self, exc: Exception) -> None:
-        self.stats.inc_value("hydra/queue/errors")
-        now = time.monotonic()
-        if self._queue_down_since is None:
-            self._queue_down_since = now
-        if now - self._queue_last_warned >= 30 or self._queue_last_warned == 0:
-            self._queue_last_warned = now
-            idle = self.config.idle_close_seconds
-            logger.warning(
-                "Waiting for the queue %s: %s: %s (down %.0f s; retrying every %g s%s)",
-                self._queue().describe(),
-                type(exc).__name__,
-                self.config.redactor.text(str(exc)),
-                now - self._queue_down_since,
-                self.config.queue_poll_max_seconds,
-                f"; giving up after {idle:g} s idle" if idle else "",
-            )
-
-    async def _queue_reachable(self) -> None:
-        if self._queue_down_since is not None:
-            logger.info(
-                "The queue is reachable again after %.0f s",
-                time.monotonic() - self._queue_down_since,
-            )
-            self._queue_down_since = None
-            self._queue_last_warned = 0.0
-        if not self._queue_ever_up:
-            self._queue_ever_up = True
-            queue = self._queue()
-            for warning in await queue.server_warnings():
-                logger.warning("%s", warning)
-            await queue.recover()

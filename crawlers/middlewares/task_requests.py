@@ -5,7 +5,8 @@ Downloader middleware, early (order 40; redirects pass through it again):
 - a request whose run has ended (stopped, timed out, lease lost) is not
   fetched: the message is requeued or belongs to another worker now;
 - a URL outside ``HYDRA_ALLOWED_SCHEMES``/``HYDRA_ALLOWED_HOSTS`` is never
-  fetched: the run fails with ``forbidden_url`` and is dead-lettered.
+  fetched: the run fails with ``forbidden_url`` and is dead-lettered. Every
+  request of a task spider is checked, also one that carries no lease.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class TaskRequestsMiddleware:
     def process_request(self, request: Request) -> None:
         lease = request.meta.get("hydra_lease")
         if lease is None:
-            return
-        if self.ledger.run_for(lease) is None:
+            if not getattr(self.crawler.spider, "task_kind", ""):
+                return  # not a task spider: not Hydra's business
+            # a task spider's request that escaped attribution is still held to the policy
+        elif self.ledger.run_for(lease) is None:
             raise RunEnded("the task run of this request has ended")
         problem = self.policy.violation(request.url)
         if problem is not None:

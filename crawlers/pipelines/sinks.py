@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy.exceptions import NotConfigured
 
-from crawlers.config import HydraConfig
+from crawlers.config import HydraConfig, HydraConfigError
 from crawlers.extensions.settlement import item_row
 from crawlers.extensions.task_ledger import TaskLedger
 from crawlers.sinks import Rejection, Row, Sink, build_sink
@@ -57,7 +57,16 @@ class SinkPipeline:
         config = HydraConfig.from_crawler(crawler)
         if not config.sinks:
             raise NotConfigured("SinkPipeline: no sinks; set HYDRA_SINKS to enable")
-        return cls(crawler, [build_sink(crawler, uri) for uri in config.sinks])
+        sinks = []
+        for uri in config.sinks:
+            try:
+                sinks.append(build_sink(crawler, uri))
+            except NotConfigured as exc:
+                # Scrapy would quietly disable the whole pipeline, and runs would be
+                # acked with nothing stored: a sink that was asked for must work
+                shown = config.redactor.url(uri)
+                raise HydraConfigError([f"HYDRA_SINKS: {shown}: {exc}"]) from exc
+        return cls(crawler, sinks)
 
     @property
     def sinks(self) -> list[Sink]:
@@ -75,7 +84,8 @@ class SinkPipeline:
         ledger = self._ledger
         run = ledger.owner_of(item) if ledger is not None else None
         data = item_row(item)
-        key = run.kind.row_key(item) if run is not None else None
+        kind = run.kind if run is not None else (ledger.kind if ledger is not None else None)
+        key = kind.row_key(item) if kind is not None else None
         row = Row(key or _content_key(data), data, run.lease_id if run is not None else "")
         wants_flush = False
         for handle in self.handles:

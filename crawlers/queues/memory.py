@@ -8,22 +8,23 @@ nothing to set up. Retry delays are kept in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import heapq
 import itertools
 import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crawlers.config import HydraConfig, project_path
 from crawlers.queues.base import Acknowledgement, Checkpoint, ClaimResult, Delivery
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from scrapy.crawler import Crawler
 
 
@@ -31,6 +32,19 @@ if TYPE_CHECKING:
 class _Message:
     message_id: str
     payload: str
+
+
+@contextlib.contextmanager
+def deadletter_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock on ``<path>.lock``, held by a worker appending dead letters and by
+    ``scrapy deadletter purge/replay`` rewriting the file, so neither loses the other's
+    lines (a lock on the file itself would not survive its atomic replacement)."""
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 class MemoryQueue:
@@ -74,14 +88,17 @@ class MemoryQueue:
         return [lease_id for lease_id in lease_ids if lease_id not in self._leased]
 
     async def ack(self, acks: Sequence[Acknowledgement]) -> list[bool]:
-        results = []
-        lines: list[str] = []
+        results = [ack.lease_id in self._leased for ack in acks]
+        lines = [
+            line for ack, held in zip(acks, results, strict=True) if held for line in ack.deadletter
+        ]
+        if lines:  # first: if the file cannot be written, nothing is acked
+            await asyncio.to_thread(self._append_deadletter, lines)
         now = time.monotonic()
-        for ack in acks:
-            held = self._leased.pop(ack.lease_id, None) is not None
-            results.append(held)
+        for ack, held in zip(acks, results, strict=True):
             if not held:
                 continue
+            del self._leased[ack.lease_id]
             for requeue in ack.requeue:
                 message = _Message(uuid.uuid4().hex, requeue.payload)
                 if requeue.delay > 0:
@@ -89,25 +106,22 @@ class MemoryQueue:
                     heapq.heappush(self._delayed, due)
                 else:
                     self._ready.append(message)
-            lines.extend(ack.deadletter)
-        if lines:
-            await asyncio.to_thread(self._append_deadletter, lines)
         return results
 
     async def checkpoint(self, checkpoints: Sequence[Checkpoint]) -> list[bool]:
-        results = []
-        lines: list[str] = []
-        for checkpoint in checkpoints:
-            message = self._leased.get(checkpoint.lease_id)
-            results.append(message is not None)
-            if message is None:
-                continue
-            if checkpoint.payload is not None:
-                message.payload = checkpoint.payload
-            lines.extend(checkpoint.deadletter)
-        if lines:
+        messages = [self._leased.get(checkpoint.lease_id) for checkpoint in checkpoints]
+        lines = [
+            line
+            for checkpoint, message in zip(checkpoints, messages, strict=True)
+            if message is not None
+            for line in checkpoint.deadletter
+        ]
+        if lines:  # first: if the file cannot be written, nothing is recorded
             await asyncio.to_thread(self._append_deadletter, lines)
-        return results
+        for checkpoint, message in zip(checkpoints, messages, strict=True):
+            if message is not None and checkpoint.payload is not None:
+                message.payload = checkpoint.payload
+        return [message is not None for message in messages]
 
     async def release(self, lease_ids: Sequence[str]) -> int:
         released = [self._leased.pop(i) for i in lease_ids if i in self._leased]
@@ -131,7 +145,7 @@ class MemoryQueue:
 
     def _append_deadletter(self, lines: list[str]) -> None:
         data = "".join(line + "\n" for line in lines).encode("utf-8")
-        with self.deadletter_path.open("a+b") as file:
+        with deadletter_lock(self.deadletter_path), self.deadletter_path.open("a+b") as file:
             if file.seek(0, os.SEEK_END) > 0:
                 file.seek(-1, os.SEEK_END)
                 if file.read(1) != b"\n":  # a killed writer's torn line: end it first

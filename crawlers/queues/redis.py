@@ -94,6 +94,9 @@ class RedisLeaseQueue:
         self.transferred_key = helper_key(deadletter_key, "ids")
         self._client: redis.asyncio.Redis | None = None
         self._transfer_pending = False
+        #: lease ids of claims whose reply was lost (they may be held by nobody)
+        self._unsure: list[str] = []
+        self.released_unsure = 0
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, key: str, *, worker_id: str) -> RedisLeaseQueue:
@@ -135,15 +138,21 @@ class RedisLeaseQueue:
             await self.client.rpush(self.key, *payloads)
 
     async def claim(self, limit: int) -> ClaimResult:
+        if self._transfer_pending or self._unsure:
+            await self._tidy()  # before the claim: nothing may fail after it
         keys = [self.key, self.ready_key, self.delayed_key, self.leases_key, self.held_key]
         prefix = self.worker_id + ":"
         leases = [prefix + secrets.token_hex(8) for _ in range(limit)]
         message_ids = [secrets.token_hex(12) for _ in range(limit)]
         args: list[str | int] = [limit, self.lease_ms, prefix, 100, 1000, *leases, *message_ids]
-        reply = await self._claim(keys=keys, args=args)
+        try:
+            reply = await self._claim(keys=keys, args=args)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # the script may have run and its reply been lost: these leases may be
+            # held with nobody renewing them; give them back at the next chance
+            self._unsure.extend(leases)
+            raise
         reclaimed, delayed, flat = int(reply[0]), int(reply[1]), reply[2:]
-        if self._transfer_pending:
-            await self.recover()
         deliveries = []
         for lease, envelope in zip(flat[::2], flat[1::2], strict=True):
             message_id, deliveries_count, raw = parse_envelope(envelope)
@@ -264,6 +273,17 @@ class RedisLeaseQueue:
     async def recover(self) -> None:
         await self.transfer_deadletters()
         self._transfer_pending = False
+
+    async def _tidy(self) -> None:
+        """Finish earlier half-done steps; failures wait for the next claim."""
+        try:
+            if self._unsure:
+                self.released_unsure += await self.release(self._unsure)
+                self._unsure.clear()
+            if self._transfer_pending:
+                await self.recover()
+        except redis.exceptions.RedisError as exc:
+            logger.warning("Tidying the queue failed (%s); retried at the next claim", exc)
 
     def describe(self) -> str:
         return f"{redact_url(self.url)} list {self.key}"

@@ -46,10 +46,14 @@ for _, envelope in ipairs(due) do
   redis.call('ZREM', KEYS[3], envelope)
 end
 local reclaimed = 0
-local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
-for _, lease in ipairs(expired) do
-  -- a worker never reclaims its own leases: it still holds them and renews them
-  if string.sub(lease, 1, #prefix) ~= prefix then
+local lease_ms = tonumber(ARGV[2])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[4]))
+for i = 1, #expired, 2 do
+  local lease, deadline = expired[i], tonumber(expired[i + 1])
+  -- a worker does not reclaim its own leases: it still holds them and renews them;
+  -- only one left unrenewed for a whole further lease period is surely forgotten
+  if string.sub(lease, 1, #prefix) ~= prefix or deadline < now - lease_ms then
     local envelope = redis.call('HGET', KEYS[5], lease)
     if envelope then
       local id, deliveries, payload = split(envelope)
@@ -99,11 +103,12 @@ return lost
 
 # KEYS: leases, held, ready, delayed, outbox
 # ARGV: lease, requeue count, (delay_ms, message id, payload) per requeue, dead-letter entries...
+# The lease is removed last: a script that fails midway keeps what it wrote, and a
+# follow-up pushed twice (the ack retried) beats a lease gone without its follow-ups.
 ACK = (
     _NOW_MS
     + """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 local requeued = tonumber(ARGV[2])
 for i = 0, requeued - 1 do
   local delay = tonumber(ARGV[3 + 3 * i])
@@ -115,6 +120,8 @@ for i = 0, requeued - 1 do
   end
 end
 for i = 3 + 3 * requeued, #ARGV do redis.call('RPUSH', KEYS[5], ARGV[i]) end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
 )
@@ -124,6 +131,7 @@ CHECKPOINT = (
     _NOW_MS
     + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
 if ARGV[2] == '1' then
   local envelope = redis.call('HGET', KEYS[2], ARGV[1])
   if envelope then
@@ -131,7 +139,6 @@ if ARGV[2] == '1' then
     redis.call('HSET', KEYS[2], ARGV[1], id .. '\\n' .. deliveries .. '\\n' .. ARGV[3])
   end
 end
-for i = 4, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
 return 1
 """
 )
@@ -152,14 +159,21 @@ return 0
 # ARGV: now_ms, keep_ms, count, entry ids..., entries...  -> entries appended
 # An entry already moved (same id) is skipped, so a transfer interrupted
 # between this script and the outbox cleanup can be repeated safely.
+# A failing script keeps the writes it made before the error, so the list's type is
+# checked first, and an id is recorded only after its entry was pushed.
 TRANSFER = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'list' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE the dead-letter key holds a ' .. kind)
+end
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
 local count = tonumber(ARGV[3])
 local moved = 0
 for i = 1, count do
-  if redis.call('ZADD', KEYS[2], 'NX', now, ARGV[3 + i]) == 1 then
+  if not redis.call('ZSCORE', KEYS[2], ARGV[3 + i]) then
     redis.call('RPUSH', KEYS[1], ARGV[3 + count + i])
+    redis.call('ZADD', KEYS[2], now, ARGV[3 + i])
     moved = moved + 1
   end
 end

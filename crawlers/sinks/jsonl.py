@@ -8,6 +8,7 @@ flushes before every ack regardless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -85,7 +86,14 @@ class JsonLinesSink:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        if created:  # the file's name must survive a power cut as well as its rows
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -154,15 +162,27 @@ class JsonLinesSink:
                 return rejected
             pending, size = self._pending, self._pending_bytes
             self._pending, self._pending_bytes = [], 0
+            write = asyncio.ensure_future(asyncio.to_thread(self._write_durably, b"".join(pending)))
             try:
-                await asyncio.to_thread(self._write_durably, b"".join(pending))
+                # a cancelled flush must not leave the thread writing while the rows
+                # are put back: wait for it, then decide from what it did
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await write
+                if write.exception() is not None:
+                    self._keep(pending, size, rejected)
+                raise
             except BaseException:
-                # nothing of this batch counts as stored: keep it all for the next flush
-                self._pending = pending + self._pending
-                self._pending_bytes += size
-                self._rejected = rejected + self._rejected
+                self._keep(pending, size, rejected)
                 raise
             return rejected
+
+    def _keep(self, pending: list[bytes], size: int, rejected: list[Rejection]) -> None:
+        """Nothing of a failed flush counts as stored: keep it all for the next flush."""
+        self._pending = pending + self._pending
+        self._pending_bytes += size
+        self._rejected = rejected + self._rejected
 
     def _write_durably(self, data: bytes) -> None:
         if self._fd is None:

@@ -41,6 +41,10 @@ class PricesSpider(TaskSpider):
         # the default 100 halves a worker's throughput
         "CONCURRENT_ITEMS": 2,
         "COOKIES_ENABLED": False,
+        # one request at a time per batch: HYDRA_QUEUE_PREFETCH is the concurrency,
+        # Scrapy's own limits are raised so that they never bind first
+        "CONCURRENT_REQUESTS": 256,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": 256,
     }
     task_components: ClassVar[dict[str, dict[str, int]]] = {
         # sees the raw status first (before redirect/retry): anything not OK stops the batch

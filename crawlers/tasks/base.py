@@ -88,6 +88,8 @@ class TaskRun:
     checkpointed: str | None = None
     #: dead letters (rejected rows) waiting for the next checkpoint or the ack
     deadletter_pending: list[str] = field(default_factory=list)
+    #: ids of this run's items in the pipelines, to forget them with the run
+    item_ids: set[int] = field(default_factory=set)
 
     @property
     def lease_id(self) -> str:

@@ -140,6 +140,8 @@ class PriceBatchKind(TaskKind):
         index = run.cursor
         if failure.request is not None and "hydra_index" in failure.request.meta:
             index = int(failure.request.meta["hydra_index"])
+        if index >= len(batch.ids):  # every ID was fetched: nothing is left to retry
+            return self.on_complete(run)
         reason = (
             f"{failure.detail} for id {batch.ids[index]} "
             f"(region {self.config.region}, attempt {batch.attempt})"

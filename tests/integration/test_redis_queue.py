@@ -423,3 +423,64 @@ def test_unreachable_server_raises_from_claim_not_open() -> None:
             await queue.close()
 
     asyncio.run(scenario())
+
+
+def test_an_own_lease_forgotten_for_a_whole_further_period_is_reclaimed(
+    run: Runner,
+) -> None:
+    """A worker that lost track of a lease (a claim reply lost) must not hold it for ever."""
+
+    async def scenario(own: RedisLeaseQueue) -> None:
+        await own.push(["m1"])
+        await claim_one(own)
+        await asyncio.sleep(PAST_LEASE)
+        assert (await own.claim(5)).deliveries == []  # just expired: maybe still held
+        await asyncio.sleep(LEASE + 0.1)
+        taken = await own.claim(5)
+        assert (summary(taken.deliveries), taken.reclaimed) == ([("m1", 1)], 1)
+
+    run(scenario, ("w1", LEASE))
+
+
+def test_a_failing_dead_letter_move_never_costs_claimed_messages(
+    run: Runner, redis_client: redis.Redis
+) -> None:
+    """Moving dead letters to a list of the wrong type fails; acks stand, and claims
+    still hand out what they leased (the move is retried before the next claim)."""
+
+    async def scenario(queue: RedisLeaseQueue) -> None:
+        redis_client.set(DEADLETTER, "not a list")
+        await queue.push(["m1", "m2"])
+        first = await claim_one(queue)
+        assert await queue.ack([Acknowledgement(first.lease_id, (), [dead_letter("m1")])]) == [True]
+        assert redis_client.llen(OUTBOX) == 1  # kept for later, not lost
+        second = await queue.claim(5)
+        assert summary(second.deliveries) == [("m2", 0)]
+        redis_client.delete(DEADLETTER)
+        await queue.claim(5)  # tidies first: the pending move now succeeds
+        assert redis_client.llen(DEADLETTER) == 1 and redis_client.llen(OUTBOX) == 0
+
+    run(scenario)
+
+
+def test_leases_of_a_claim_whose_reply_was_lost_are_given_back(
+    run: Runner, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(queue: RedisLeaseQueue) -> None:
+        await queue.push(["m1"])
+        real_claim = queue._claim
+
+        async def lost_reply(*args: Any, **kwargs: Any) -> Any:
+            await real_claim(*args, **kwargs)  # the script ran on the server...
+            raise redis.exceptions.ConnectionError("connection reset")  # ...reply lost
+
+        monkeypatch.setattr(queue, "_claim", lost_reply)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await queue.claim(1)
+        assert redis_client.zcard(LEASES) == 1  # leased to nobody who knows it
+        monkeypatch.setattr(queue, "_claim", real_claim)
+        result = await queue.claim(1)
+        assert summary(result.deliveries) == [("m1", 0)]  # given back and claimed again
+        assert queue.released_unsure == 1
+
+    run(scenario)

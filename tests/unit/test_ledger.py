@@ -136,7 +136,9 @@ def test_ack_waits_for_items_and_the_flush(tmp_path: Path) -> None:
 
 def test_failed_flush_keeps_leases_pauses_intake_and_recovers(tmp_path: Path) -> None:
     async def scenario() -> dict[str, Any]:
-        ledger, queue = await _open(tmp_path, HYDRA_ACK_INTERVAL_SECONDS=0.01)
+        ledger, queue = await _open(
+            tmp_path, HYDRA_ACK_INTERVAL_SECONDS=0.01, HYDRA_QUEUE_PREFETCH=1
+        )
         sink = FakeSink(failures=2)
         ledger.add_flushable(sink)
         await queue.push([_batch("a", ["1"]), _batch("b", ["2"])])
@@ -384,3 +386,64 @@ def _requeue(payload: str, delay: float) -> Any:
     from crawlers.queues import Requeue
 
     return Requeue(payload, delay)
+
+
+def test_dead_letters_are_not_lost_when_the_file_cannot_be_written(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        _, spider, ledger = price_crawler(HYDRA_DEADLETTER_PATH="/dev/full", HYDRA_SINKS="")
+        await ledger.spider_opened(spider)
+        queue = ledger.queue
+        assert isinstance(queue, MemoryQueue)
+        await queue.push(["not json"])
+        (delivery,) = (await queue.claim(1)).deliveries
+        assert ledger._admit(delivery) is None
+        await ledger.settle()  # ENOSPC: the ack must not happen without its dead letter
+        assert delivery.lease_id in ledger.runs and delivery.lease_id in queue._leased
+        queue.deadletter_path = tmp_path / "dl.jsonl"
+        await ledger.settle()
+        assert not ledger.runs and not queue._leased
+
+    asyncio.run(scenario())
+    assert [e["reason"] for e in _deadletters(tmp_path)] == ["invalid_message"]
+
+
+def test_a_run_whose_items_never_return_fails_as_an_attempt(tmp_path: Path) -> None:
+    async def scenario() -> TaskRun:
+        ledger, queue = await _open(tmp_path, HYDRA_TASK_TIMEOUT_SECONDS=0.02)
+        await queue.push([_batch("b", ["1", "2", "3"])])
+        run = await _claim_one(ledger)
+        ledger.attach(run, first := {"id": "1"})
+        run.cursor = 1
+        ledger.item_scraped(first, None, None)  # type: ignore[arg-type]
+        assert run.settled_cursor == 1
+        run.cursor = 2
+        ledger.attach(run, stuck := {"id": "2"})  # never comes back from the pipelines
+        ledger.start_finished(run)
+        await asyncio.sleep(0.05)
+        await ledger.watchdog()
+        assert id(stuck) not in ledger._item_owner
+        return run
+
+    run = asyncio.run(scenario())
+    assert run.finished and run.items_pending == 0
+    (requeue,) = run.outcome.requeue
+    rest = PriceBatch.model_validate_json(requeue.payload)
+    assert (rest.ids, rest.attempt) == (["2", "3"], 1)  # from what is through; an attempt
+
+
+def test_a_sink_that_keeps_failing_makes_the_worker_give_up(tmp_path: Path) -> None:
+    async def scenario() -> TaskLedger:
+        ledger, queue = await _open(tmp_path, HYDRA_SINK_GIVE_UP_SECONDS=0.2)
+        ledger.add_flushable(FakeSink(failures=100))
+        await queue.push([_batch("a", ["1"])])
+        stream = ledger.consume()
+        run = await anext(stream)
+        ledger.attach(run, {"id": "1"})
+        await ledger.settle(final=True)  # fails: intake pauses
+        assert ledger.sink_failing
+        remaining = [r async for r in stream]  # returns once the sink has failed long enough
+        assert remaining == []
+        return ledger
+
+    ledger = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert ledger.stats.get_value("hydra/worker/failed") == "sink_failed"

@@ -208,3 +208,11 @@ def _failure(exc: Exception, request: Request) -> Failure:
     failure = Failure(exc)
     failure.request = request  # type: ignore[attr-defined]
     return failure
+
+
+def test_a_failure_after_the_last_id_completes_the_batch() -> None:
+    _, _, ledger = price_crawler()
+    run = batch_run(ledger, ["a", "b"])
+    run.cursor = run.settled_cursor = 2  # every ID fetched; the deadline hit the tail
+    ledger.fail(run, RunFailure("timeout", "run not finished within 600 s"))
+    assert run.finished and run.outcome.requeue == [] and run.outcome.deadletter == []

@@ -65,7 +65,7 @@ def test_flush_writes_and_fsyncs_before_returning(
     before, after = asyncio.run(scenario())
     assert before == ""  # nothing reaches the file before the flush
     assert after == '{"id": 1}\n{"id": 2}\n'
-    assert synced == ["x.jsonl"]
+    assert synced == [tmp_path.name, "x.jsonl"]  # the new file's directory entry, then its rows
 
 
 def test_a_failed_write_keeps_every_row_and_leaves_no_partial_line(
@@ -201,3 +201,24 @@ def test_pipeline_writes_every_item_to_every_sink_with_its_run(tmp_path: Path) -
     assert (written.key, written.owner) == ("r/42", run.lease_id)  # identity and owner
     assert crawler.stats.get_value("hydra/sink/rows") == 2
     assert ledger._flushables == []  # unregistered on close
+
+
+def test_a_sink_that_is_not_configured_is_a_configuration_error(tmp_path: Path) -> None:
+    """Scrapy would disable the whole pipeline on NotConfigured, and runs would then be
+    acked with nothing stored."""
+
+    class Unavailable:
+        @classmethod
+        def from_crawler(cls, crawler: Any, uri: str) -> Any:
+            raise NotConfigured("set HYDRA_WAREHOUSE_TOKEN to enable")
+
+    import tests.unit.test_sinks as this_module
+
+    this_module.Unavailable = Unavailable  # type: ignore[attr-defined]
+    crawler, _, _ = price_crawler(
+        HYDRA_SINKS=f"jsonl://{tmp_path}/a.jsonl,warehouse://x?token=s3cret",
+        HYDRA_SINK_SCHEMES='{"warehouse": "tests.unit.test_sinks.Unavailable"}',
+    )
+    with pytest.raises(HydraConfigError) as caught:
+        SinkPipeline.from_crawler(crawler)
+    assert "HYDRA_WAREHOUSE_TOKEN" in str(caught.value) and "s3cret" not in str(caught.value)

@@ -119,7 +119,6 @@ def test_download_middleware_stops_ended_runs_and_forbidden_urls() -> None:
     for url in ("file:///etc/passwd", "http://elsewhere/p/1", "data:,x"):
         with pytest.raises(ForbiddenUrl):
             middleware.process_request(Request(url, meta={"hydra_lease": run.lease_id}))
-    assert middleware.process_request(Request("file:///etc/passwd")) is None  # not a task's
     run.finished = True
     with pytest.raises(RunEnded):
         middleware.process_request(Request("http://t/p/1", meta={"hydra_lease": run.lease_id}))
@@ -143,3 +142,38 @@ def test_an_error_while_starting_a_run_ends_that_run_only() -> None:
     assert run.finished and run.started
     assert "Missing scheme" in run.outcome.requeue[0].payload
     assert crawler.stats.get_value("hydra/prices/stopped/start_error") == 1
+
+
+def test_a_retried_copy_of_a_request_is_attributed_again() -> None:
+    """An errback that yields ``failure.request.replace(...)`` copies the meta flags of the
+    failed request; the copy's outputs must still be counted (and checked by the policy)."""
+    crawler, spider, ledger = price_crawler()
+    middleware = TaskRunMiddleware.from_crawler(crawler)
+    run = batch_run(ledger, ["1"])
+
+    def retry(failure: Failure) -> Iterator[Any]:
+        yield failure.request.replace(dont_filter=True)
+
+    spider.retry = retry  # type: ignore[attr-defined]
+    first = Request("http://t/p/1", errback=retry)
+    ledger.attach(run, first)
+    failure = Failure(TimeoutError("slow"))
+    failure.request = first  # type: ignore[attr-defined]
+    (copy,) = spider.hydra_errback(failure)
+    assert "hydra_outputs_attributed" not in copy.meta and "hydra_done" not in copy.meta
+    assert copy.errback == spider.hydra_errback and copy.meta["hydra_errback"] == "retry"
+    response = response_for(copy)
+    outputs = list(middleware.process_spider_output(response, _pages(response)))
+    assert len(outputs) == 3 and run.items_pending == 1  # the copy's outputs count
+    assert all(out.meta["hydra_lease"] == run.lease_id for out in outputs[1:])
+    # a request built from copied meta without an errback gets no stale own errback
+    stale = Request("http://t/p/9", meta=dict(copy.meta))
+    ledger.attach(run, stale)
+    assert "hydra_errback" not in stale.meta
+
+
+def test_a_task_spiders_request_without_a_lease_is_still_held_to_the_policy() -> None:
+    crawler, _, _ = price_crawler()
+    middleware = TaskRequestsMiddleware.from_crawler(crawler)
+    with pytest.raises(ForbiddenUrl):
+        middleware.process_request(Request("file:///etc/passwd"))
