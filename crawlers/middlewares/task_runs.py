@@ -52,21 +52,15 @@ class TaskRunMiddleware:
         if lease is None or request is None:
             yield from result
             return
-        ledger = self.ledger
         attributed = request.meta.get("hydra_outputs_attributed", False)
         try:
             for output in result:
-                run = ledger.run_for(lease)
-                if run is None:
-                    self._dropped(output)
-                    continue
-                if not attributed:
-                    ledger.attach(run, output)
-                yield output
+                if self._keep(lease, attributed, output):
+                    yield output
         except Exception as exc:
             self._failed(request, lease, exc)
         finally:
-            ledger.request_done(request)
+            self.ledger.request_done(request)
 
     async def process_spider_output_async(
         self, response: Response, result: AsyncIterator[Any]
@@ -77,21 +71,26 @@ class TaskRunMiddleware:
             async for output in result:
                 yield output
             return
-        ledger = self.ledger
         attributed = request.meta.get("hydra_outputs_attributed", False)
         try:
             async for output in result:
-                run = ledger.run_for(lease)
-                if run is None:
-                    self._dropped(output)
-                    continue
-                if not attributed:
-                    ledger.attach(run, output)
-                yield output
+                if self._keep(lease, attributed, output):
+                    yield output
         except Exception as exc:
             self._failed(request, lease, exc)
         finally:
-            ledger.request_done(request)
+            self.ledger.request_done(request)
+
+    def _keep(self, lease: str, attributed: bool, output: Any) -> bool:
+        """Attribute ``output`` to its live run; ``False`` (drop it) once the run ended."""
+        run = self.ledger.run_for(lease)
+        if run is None:
+            if output is not None:
+                self.stats.inc_value("hydra/task/outputs_dropped")
+            return False
+        if not attributed:
+            self.ledger.attach(run, output)
+        return True
 
     def process_spider_exception(
         self, response: Response, exception: Exception
@@ -114,7 +113,3 @@ class TaskRunMiddleware:
         if run is not None:
             detail = f"{type(exc).__name__}: {exc}"
             self.ledger.fail(run, RunFailure("callback_error", detail, request))
-
-    def _dropped(self, output: Any) -> None:
-        if output is not None:
-            self.stats.inc_value("hydra/task/outputs_dropped")
