@@ -10,6 +10,7 @@ project's own extensions, if any) and ``-s BENCH_TIMING_PATH=/some/file.json``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,8 @@ class ResponseTiming:
         path = crawler.settings.get(TIMING_PATH_SETTING)
         if not path:
             raise NotConfigured(f"ResponseTiming: set {TIMING_PATH_SETTING}")
-        extension = cls(Path(path))
+        # "{pid}" in the path: one file per process when several workers run
+        extension = cls(Path(str(path).replace("{pid}", str(os.getpid()))))
         crawler.signals.connect(extension.response_received, signal=signals.response_received)
         crawler.signals.connect(extension.item_scraped, signal=signals.item_scraped)
         crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)

@@ -27,6 +27,8 @@ DOWNLOAD_TIMEOUT = 30
 # Scrapy re-parses a generator callback's source with `ast` on every response when
 # the callback is a bound method (its cache misses): ~8% of a worker's CPU.
 WARN_ON_GENERATOR_RETURN_VALUE = False
+# no "Crawled"/"Scraped" log records built when nothing would print them
+LOG_FORMATTER = "crawlers.logformatter.QuietLogFormatter"
 
 EXTENSIONS = {
     # credentials in URLs and messages are masked in every log line

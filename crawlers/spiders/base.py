@@ -15,20 +15,22 @@ from collections.abc import AsyncIterator, Iterable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scrapy import Spider
+from scrapy import Request, Spider
+from scrapy.exceptions import IgnoreRequest
 from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.misc import load_object
 from scrapy.utils.spider import iterate_spider_output
 
 from crawlers.extensions.task_ledger import TaskLedger
 from crawlers.tasks.base import RunFailure, TaskKind, TaskRun
+from crawlers.spiders.outputs import STARTED, RunOutputs
 from crawlers.tasks.failures import ForbiddenUrl, run_failure
 
+from twisted.python.failure import Failure
+
 if TYPE_CHECKING:
-    from scrapy import Request
     from scrapy.http import Response
     from scrapy.settings import BaseSettings
-    from twisted.python.failure import Failure
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,9 @@ class TaskSpider(Spider):
         raise NotImplementedError
 
     async def start(self) -> AsyncIterator[Any]:
+        """Every claimed run is driven by its own task, so runs progress side by side
+        (a run may await direct downloads, see :meth:`fetch`); their requests and
+        items reach Scrapy through here, attributed to their run."""
         ledger = self.crawler.get_extension(TaskLedger)
         if ledger is None or ledger.queue is None:
             logger.error("No task queue: the ledger did not open (see the errors above)")
@@ -100,36 +105,105 @@ class TaskSpider(Spider):
             logger.exception("Could not queue the messages given as spider arguments")
             ledger.fail_worker("seed_failed")
             return
+        self._outputs = outputs = RunOutputs(ledger.config.queue_prefetch * 2)
+        intake = outputs.spawn(self._intake(ledger))
+        try:
+            async for output in self._attributed(ledger, outputs):
+                yield output
+        finally:
+            # Scrapy stops reading start() when the crawl stops: take no more work, but
+            # let the runs' drivers finish what they are fetching (its items are still
+            # stored); they stop at their next fetch, and closed() ends the rest
+            outputs.cancel(intake)
+
+    @staticmethod
+    async def _attributed(ledger: TaskLedger, outputs: RunOutputs) -> AsyncIterator[Any]:
+        """The merged outputs, each attributed to its run as Scrapy takes it."""
+        async for run, output in outputs:
+            if output is STARTED:
+                ledger.start_finished(run)  # after everything it yielded is attached
+            elif not run.finished:
+                ledger.attach(run, output)
+                yield output
+
+    async def _intake(self, ledger: TaskLedger) -> None:
         try:
             async for run in ledger.consume():
-                async for output in self._start_run(run):
-                    yield output
+                self._outputs.spawn(self._drive(run))
         except Exception:  # a bug in the intake itself: stop taking work, fail loudly
             logger.exception("Hydra intake failed; this worker takes no more messages")
             ledger.fail_worker("intake_error")
 
-    async def _start_run(self, run: TaskRun) -> AsyncIterator[Any]:
+    async def _drive(self, run: TaskRun) -> None:
         """``start_task`` for one run; anything it raises ends that run, not the intake."""
-        ledger = self.ledger
         try:
             result = self.start_task(run)
             if isinstance(result, AsyncIterator):
                 async for output in result:
                     if run.finished:
                         break
-                    ledger.attach(run, output)
-                    yield output
+                    await self._hand_over(run, output)
             else:
                 for output in result:
                     if run.finished:
                         break
-                    ledger.attach(run, output)
-                    yield output
+                    await self._hand_over(run, output)
         except Exception as exc:
             logger.exception("Starting a %s run failed", run.kind.name)
-            ledger.fail(run, RunFailure("start_error", f"{type(exc).__name__}: {exc}"))
+            self.ledger.fail(run, RunFailure("start_error", f"{type(exc).__name__}: {exc}"))
         finally:
-            ledger.start_finished(run)
+            await self._outputs.put(run, STARTED)
+
+    async def _hand_over(self, run: TaskRun, output: Any) -> None:
+        """Requests go to Scrapy's scheduler through ``start()``; items go straight into
+        the item pipelines, awaited by the run's own driver, so an item fetched while
+        the spider closes is still stored (the scraper waits for it)."""
+        if isinstance(output, Request):
+            await self._outputs.put(run, output)
+            return
+        if output is None:
+            return
+        engine = self.crawler.engine
+        if engine is None or engine.scraper.slot is None:
+            return  # closed: the run's message goes back from its checkpoint
+        self.ledger.attach(run, output)
+        scraper = engine.scraper
+        try:
+            await scraper.start_itemproc_async(output, response=None)
+        finally:
+            # Scrapy checks whether a closing scraper has become idle only after a
+            # response; an item stored from here must trigger that check too, or a
+            # shutdown that waited for it would wait for ever (Scrapy 2.19)
+            check = getattr(scraper, "_check_if_closing", None)
+            if check is not None and scraper.slot is not None:
+                check()
+
+    def closed(self, reason: str) -> None:
+        """Runs still driven at close stop here; the ledger gives their messages back."""
+        outputs = getattr(self, "_outputs", None)
+        if outputs is not None:
+            outputs.cancel()
+
+    async def fetch(self, request: Request) -> Response:
+        """Download ``request`` now and return its response: through the downloader
+        middlewares (URL policy, stop-on-status, proxies, timeouts) but no scheduler,
+        callback or spider middleware. For runs whose requests form a chain (the next
+        only after the previous response), a run written as an async ``start_task``
+        that awaits this does per request only what the chain needs. Failures raise
+        (e.g. :class:`~crawlers.tasks.failures.StatusRefused`); see :meth:`fail_run`."""
+        engine = self.crawler.engine
+        if engine is None or not self.crawler.crawling:
+            raise IgnoreRequest("the crawl is stopping")
+        return await engine.download_async(request)
+
+    def fail_run(self, run: TaskRun, request: Request, exc: BaseException) -> None:
+        """End ``run`` because fetching ``request`` raised ``exc`` (its kind decides).
+
+        Not while the crawl is stopping: a download cut short by a shutdown says
+        nothing about the run, which goes back from its checkpoint unjudged."""
+        if not self.crawler.crawling:
+            return
+        self.ledger.fail(run, run_failure(Failure(exc), request))  # type: ignore[no-untyped-call]
 
     # -- helpers for subclasses ---------------------------------------------
 

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scrapy import Request
 from scrapy.http import TextResponse
 
 from crawlers.config import HydraConfig
 from crawlers.models import PriceBatch
 from crawlers.spiders.base import TaskSpider
+from crawlers.tasks.base import RunFailure
 from crawlers.tasks.price_batches import PriceBatchKind
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
-    from scrapy.http import Response
 
     from crawlers.items import PriceItem
     from crawlers.tasks.base import TaskRun
@@ -35,7 +34,11 @@ logger = logging.getLogger(__name__)
 class PricesSpider(TaskSpider):
     name = "prices"
     task_kind = "price_batch"
-    #: price batches only: one item and at most one request per response
+    #: Price batches only: one item and at most one request per response, one POST
+    #: at a time per batch, no redirects or retries (a stop requeues the batch), no
+    #: cookies. Only the components such a request needs run (the lean hot path,
+    #: measured in benchmarks/README.md); the task components are merged in by
+    #: ``TaskSpider.update_settings``.
     custom_settings = {
         # Scrapy starts CONCURRENT_ITEMS asyncio tasks for *every* response's output;
         # the default 100 halves a worker's throughput
@@ -45,6 +48,31 @@ class PricesSpider(TaskSpider):
         # Scrapy's own limits are raised so that they never bind first
         "CONCURRENT_REQUESTS": 256,
         "CONCURRENT_REQUESTS_PER_DOMAIN": 256,
+        "DOWNLOAD_HANDLERS": {
+            "http": "scrapy.core.downloader.handlers._aiohttp.AiohttpDownloadHandler",
+            "https": "scrapy.core.downloader.handlers._aiohttp.AiohttpDownloadHandler",
+        },
+        "DOWNLOADER_MIDDLEWARES": {
+            # kept: DownloadTimeout, UserAgent, HttpCompression, HttpProxy (region egress)
+            "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,  # URL policy instead
+            "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,  # auth per batch
+            "scrapy.downloadermiddlewares.defaultheaders.DefaultHeadersMiddleware": None,
+            "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,  # dont_retry anyway
+            "scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware": None,
+            "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,  # dont_redirect
+            "scrapy.downloadermiddlewares.cookies.CookiesMiddleware": None,
+            "scrapy.downloadermiddlewares.stats.DownloaderStats": None,
+        },
+        "SPIDER_MIDDLEWARES": {
+            # a response is either OK (BatchStopMiddleware) or never reaches the callback,
+            # and a price request never follows a link: none of these has work to do
+            "scrapy.spidermiddlewares.start.StartSpiderMiddleware": None,
+            "scrapy.spidermiddlewares.httperror.HttpErrorMiddleware": None,
+            "scrapy.spidermiddlewares.referer.RefererMiddleware": None,
+            "scrapy.spidermiddlewares.urllength.UrlLengthMiddleware": None,
+            "scrapy.spidermiddlewares.depth.DepthMiddleware": None,
+            "scrapy.spidermiddlewares.metacopy.MetaCopyDetectionMiddleware": None,
+        },
     }
     task_components: ClassVar[dict[str, dict[str, int]]] = {
         # sees the raw status first (before redirect/retry): anything not OK stops the batch
@@ -103,21 +131,30 @@ class PricesSpider(TaskSpider):
         logger.info("Queued %d IDs in %d batches", len(self.seed_ids), len(batches))
         return [batch.model_dump_json(exclude_none=True) for batch in batches]
 
-    def start_task(self, run: TaskRun) -> Iterator[Request]:
-        yield self.batches.request(run, 0, self.parse_price)
+    async def start_task(self, run: TaskRun) -> AsyncIterator[PriceItem]:
+        """POST each ID in turn and yield its item; the first failure ends the batch.
 
-    def parse_price(self, response: Response) -> Iterator[PriceItem | Request]:
-        run = self.run_of(response)
-        if run is None:
-            return  # the batch was stopped or its lease lost meanwhile
-        index = int(response.meta["hydra_index"])
-        try:
-            if not isinstance(response, TextResponse):
-                raise ValueError("not a text response")
-            data = response.json()
-        except ValueError:
-            self.fail_task(response, "invalid_json", "malformed JSON body")
-            return
-        yield self.batches.item(run, index, data)
-        if index + 1 < len(run.message.ids):
-            yield self.batches.request(run, index + 1, self.parse_price)
+        The requests of a batch form a chain (the next only after the previous
+        response), so they are fetched directly (:meth:`TaskSpider.fetch`): through
+        the downloader middlewares, without a round trip through the scheduler and
+        the spider middlewares for each ID.
+        """
+        batches = self.batches
+        batch: PriceBatch = run.message
+        for index in range(len(batch.ids)):
+            request = batches.request(run, index)
+            try:
+                response = await self.fetch(request)
+            except Exception as exc:  # a refused status, a download error, a policy stop
+                self.fail_run(run, request, exc)
+                return
+            if run.finished:
+                return  # stopped meanwhile (deadline, lease lost): not ours to store
+            try:
+                if not isinstance(response, TextResponse):
+                    raise ValueError("not a text response")
+                data = response.json()
+            except ValueError:
+                self.ledger.fail(run, RunFailure("invalid_json", "malformed JSON body", request))
+                return
+            yield batches.item(run, index, data)

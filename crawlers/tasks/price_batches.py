@@ -71,11 +71,13 @@ class PriceBatchKind(TaskKind):
 
     # -- requests and items -------------------------------------------------
 
-    def request(self, run: TaskRun, index: int, callback: Callable[..., Any]) -> Request:
+    def request(
+        self, run: TaskRun, index: int, callback: Callable[..., Any] | None = None
+    ) -> Request:
         """The POST for ``ids[index]``; retries and redirects are the batch's business."""
         batch: PriceBatch = run.message
         url = self.template(batch).replace("{id}", quote(batch.ids[index], safe=""))
-        headers = {}
+        headers: dict[str, str | bytes] = {}
         parts = urlsplit(url)
         if "@" in parts.netloc:  # Scrapy cannot fetch user:password@host: basic auth instead
             userinfo, _, host = parts.netloc.rpartition("@")
@@ -93,7 +95,7 @@ class PriceBatchKind(TaskKind):
                 "hydra_index": index,
                 "dont_retry": True,
                 "dont_redirect": True,
-                # statuses listed as OK reach the callback even outside 2xx
+                # statuses listed as OK reach a callback even outside 2xx
                 "handle_httpstatus_list": self.ok_statuses,
             },
         )

@@ -28,6 +28,7 @@ def price_crawler(**settings: Any) -> tuple[Crawler, PricesSpider, TaskLedger]:
     crawler = get_crawler(PricesSpider, {**PROJECT_SETTINGS, **QUIET, **settings})
     spider = PricesSpider.from_crawler(crawler)
     crawler.spider = spider
+    crawler.crawling = True  # as during a crawl: failures are judged, not put off
     ledger = crawler.get_extension(TaskLedger)
     assert ledger is not None
     return crawler, spider, ledger

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
 from scrapy import Request
@@ -20,45 +22,75 @@ from tests.unit.helpers import batch_run, price_crawler, response_for
 def test_requests_are_sequential_posts_that_skip_retry_and_redirect() -> None:
     _, spider, ledger = price_crawler(HYDRA_BATCH_OK_STATUSES="200,404")
     run = batch_run(ledger, ["a b", "c/../d"])
-    request = spider.batches.request(run, 0, spider.parse_price)
+    request = spider.batches.request(run, 0)
     assert request.method == "POST"
     assert request.url == "http://t/p/a%20b"
     assert request.meta["hydra_lease"] == run.lease_id  # a plain id, picklable
     assert request.meta["dont_retry"] and request.meta["dont_redirect"]
     assert request.meta["handle_httpstatus_list"] == [200, 404]  # OK statuses reach the callback
     # an ID cannot leave the template's path: its slashes and dots are quoted
-    assert spider.batches.request(run, 1, spider.parse_price).url == "http://t/p/c%2F..%2Fd"
+    assert spider.batches.request(run, 1).url == "http://t/p/c%2F..%2Fd"
 
 
-def test_callback_yields_the_item_then_the_next_request() -> None:
+def _collect(spider: Any, run: Any, bodies: list[object]) -> tuple[list[Any], list[str]]:
+    """Drive ``start_task`` with hand-made responses instead of downloads."""
+    fetched: list[str] = []
+
+    async def fetch(request: Request) -> Any:
+        fetched.append(request.url)
+        body = bodies[len(fetched) - 1]
+        if isinstance(body, Exception):
+            raise body
+        return response_for(request, body=body)
+
+    spider.fetch = fetch
+
+    async def scenario() -> list[Any]:
+        return [item async for item in spider.start_task(run)]
+
+    return asyncio.run(scenario()), fetched
+
+
+def test_a_batch_posts_each_id_in_turn_and_yields_its_items() -> None:
     _, spider, ledger = price_crawler()
     run = batch_run(ledger, ["a", "b"])
-    request = spider.batches.request(run, 0, spider.parse_price)
-    item, follow = list(spider.parse_price(response_for(request, body={"price": 2})))
-    assert isinstance(item, PriceItem)
-    assert (item.id, item.data, item.attempt, item.region) == ("a", {"price": 2}, 0, "default")
-    assert isinstance(follow, Request) and follow.meta["hydra_index"] == 1
-    assert run.cursor == 1  # the resume point moved past "a"
-    (last,) = list(spider.parse_price(response_for(follow)))
-    assert isinstance(last, PriceItem) and run.cursor == 2
+    items, fetched = _collect(spider, run, [{"price": 2}, {"price": 3}])
+    assert fetched == ["http://t/p/a", "http://t/p/b"]
+    assert all(isinstance(item, PriceItem) for item in items)
+    assert [(i.id, i.data, i.attempt, i.region) for i in items] == [
+        ("a", {"price": 2}, 0, "default"),
+        ("b", {"price": 3}, 0, "default"),
+    ]
+    assert run.cursor == 2 and not run.finished  # the ledger completes it once items are out
 
 
 def test_malformed_json_fails_the_batch_at_that_id() -> None:
     crawler, spider, ledger = price_crawler()
-    run = batch_run(ledger, ["a", "b"])
-    request = spider.batches.request(run, 0, spider.parse_price)
-    assert list(spider.parse_price(response_for(request, body="<html>"))) == []
+    run = batch_run(ledger, ["a", "b", "c"])
+    items, fetched = _collect(spider, run, [{"price": 1}, "<html>", {"price": 3}])
+    assert [item.id for item in items] == ["a"] and len(fetched) == 2  # "c" never asked
     assert run.finished
     (requeue,) = run.outcome.requeue
-    assert PriceBatch.model_validate_json(requeue.payload).ids == ["a", "b"]
+    assert PriceBatch.model_validate_json(requeue.payload).ids == ["b", "c"]
     assert crawler.stats.get_value("hydra/prices/stopped/invalid_json") == 1
+
+
+def test_a_refused_status_stops_the_batch_and_nothing_after_it_is_fetched() -> None:
+    crawler, spider, ledger = price_crawler(HYDRA_RETRY_DELAY_MAX_SECONDS=60)
+    run = batch_run(ledger, ["a", "b", "c"])
+    items, fetched = _collect(spider, run, [{"price": 1}, StatusRefused(429, 9.0), {}])
+    assert [item.id for item in items] == ["a"] and len(fetched) == 2
+    (requeue,) = run.outcome.requeue
+    remainder = PriceBatch.model_validate_json(requeue.payload)
+    assert (remainder.ids, remainder.attempt, requeue.delay) == (["b", "c"], 1, 9.0)
+    assert crawler.stats.get_value("hydra/prices/stopped/http_429") == 1
 
 
 def test_stop_middleware_refuses_other_statuses_with_retry_after() -> None:
     crawler, spider, ledger = price_crawler(HYDRA_BATCH_OK_STATUSES="200,204")
     middleware = BatchStopMiddleware.from_crawler(crawler)
     run = batch_run(ledger, ["a"])
-    request = spider.batches.request(run, 0, spider.parse_price)
+    request = spider.batches.request(run, 0)
     ok = response_for(request, status=204)
     assert middleware.process_response(request, ok) is ok
     refused = response_for(request, status=429)
@@ -81,7 +113,7 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 def test_a_refusal_requeues_the_remainder_after_retry_after() -> None:
     crawler, spider, ledger = price_crawler(HYDRA_RETRY_DELAY_MAX_SECONDS=60)
     run = batch_run(ledger, ["a", "b", "c"])
-    request = spider.batches.request(run, 1, spider.parse_price)
+    request = spider.batches.request(run, 1)
     spider.hydra_errback(_failure(StatusRefused(429, retry_after=9.0), request))
     assert run.finished
     (requeue,) = run.outcome.requeue
@@ -105,7 +137,7 @@ def test_retry_delay_backs_off_per_attempt_and_is_capped() -> None:
 def test_download_errors_stop_the_batch_like_a_status() -> None:
     crawler, spider, ledger = price_crawler()
     run = batch_run(ledger, ["a", "b"])
-    request = spider.batches.request(run, 0, spider.parse_price)
+    request = spider.batches.request(run, 0)
     spider.hydra_errback(_failure(TimeoutError("too slow"), request))
     assert PriceBatch.model_validate_json(run.outcome.requeue[0].payload).ids == ["a", "b"]
     assert crawler.stats.get_value("hydra/prices/stopped/download_error/TimeoutError") == 1
@@ -114,7 +146,7 @@ def test_download_errors_stop_the_batch_like_a_status() -> None:
 def test_last_attempt_goes_to_the_dead_letter() -> None:
     crawler, spider, ledger = price_crawler(HYDRA_BATCH_MAX_ATTEMPTS=3)
     run = batch_run(ledger, ["a", "b"], attempt=2)
-    request = spider.batches.request(run, 1, spider.parse_price)
+    request = spider.batches.request(run, 1)
     spider.hydra_errback(_failure(StatusRefused(503), request))
     assert run.outcome.requeue == []
     entry = json.loads(run.outcome.deadletter[0])
@@ -130,7 +162,7 @@ def test_last_attempt_goes_to_the_dead_letter() -> None:
 def test_a_forbidden_url_is_dead_lettered_at_once() -> None:
     _, spider, ledger = price_crawler(HYDRA_BATCH_MAX_ATTEMPTS=5)
     run = batch_run(ledger, ["a"])
-    request = spider.batches.request(run, 0, spider.parse_price)
+    request = spider.batches.request(run, 0)
     spider.hydra_errback(_failure(ForbiddenUrl("scheme 'file' is not allowed"), request))
     assert run.outcome.requeue == []
     assert json.loads(run.outcome.deadletter[0])["reason"] == "forbidden_url"

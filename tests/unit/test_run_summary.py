@@ -67,3 +67,20 @@ def test_summary_lines_and_file(tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert "Dead letters:      2" in lines
     assert f"Dead-letter:       {tmp_path / 'dl.jsonl'}" in lines
     assert sum("Hydra run summary" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_quiet_log_formatter_builds_no_debug_lines_above_debug() -> None:
+    from scrapy import Request
+
+    from crawlers.logformatter import QuietLogFormatter
+    from tests.unit.helpers import response_for
+
+    request = Request("http://t/p/1")
+    crawler, spider, _ = price_crawler(LOG_LEVEL="INFO")
+    quiet = QuietLogFormatter.from_crawler(crawler)
+    assert quiet.crawled(request, response_for(request), spider) is None
+    assert quiet.scraped({"id": 1}, response_for(request), spider) is None
+    crawler, spider, _ = price_crawler(LOG_LEVEL="DEBUG")
+    loud = QuietLogFormatter.from_crawler(crawler)
+    crawled = loud.crawled(request, response_for(request), spider)
+    assert crawled is not None and "Crawled" in crawled["msg"]

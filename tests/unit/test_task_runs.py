@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 
 from crawlers.middlewares.task_requests import TaskRequestsMiddleware
 from crawlers.middlewares.task_runs import TaskRunMiddleware
+from crawlers.spiders.outputs import RunOutputs
 from crawlers.tasks.failures import ForbiddenUrl, RunEnded
 from tests.unit.helpers import batch_run, price_crawler, response_for
 
@@ -67,7 +68,7 @@ def test_a_callback_exception_fails_only_its_run() -> None:
     crawler, spider, ledger = price_crawler()
     middleware = TaskRunMiddleware.from_crawler(crawler)
     run, other = batch_run(ledger, ["1", "2"]), batch_run(ledger, ["9"], lease_id="lease-2")
-    request = spider.batches.request(run, 1, spider.parse_price)
+    request = spider.batches.request(run, 1)
     ledger.attach(run, request)
 
     def broken(response: Any) -> Iterator[Any]:
@@ -82,7 +83,7 @@ def test_a_callback_exception_fails_only_its_run() -> None:
     assert crawler.stats.get_value("hydra/prices/stopped/callback_error") == 1
     # a callback that raises before yielding reaches process_spider_exception
     run2 = batch_run(ledger, ["5"], lease_id="lease-3")
-    request2 = spider.batches.request(run2, 0, spider.parse_price)
+    request2 = spider.batches.request(run2, 0)
     ledger.attach(run2, request2)
     assert middleware.process_spider_exception(response_for(request2), ValueError("x")) == []
     assert run2.finished and run2.outstanding == 0
@@ -135,10 +136,12 @@ def test_an_error_while_starting_a_run_ends_that_run_only() -> None:
     spider.start_task = broken_start  # type: ignore[method-assign]
 
     async def scenario() -> list[Any]:
-        return [output async for output in spider._start_run(run)]
+        spider._outputs = outputs = RunOutputs(4)
+        outputs.spawn(spider._drive(run))
+        return [output async for output in spider._attributed(ledger, outputs)]
 
-    (request,) = asyncio.run(scenario())
-    assert request.meta["hydra_lease"] == run.lease_id
+    # the request it yielded before failing is not handed to Scrapy: the run is over
+    assert asyncio.run(scenario()) == []
     assert run.finished and run.started
     assert "Missing scheme" in run.outcome.requeue[0].payload
     assert crawler.stats.get_value("hydra/prices/stopped/start_error") == 1
