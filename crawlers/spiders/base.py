@@ -20,13 +20,12 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.misc import load_object
 from scrapy.utils.spider import iterate_spider_output
+from twisted.python.failure import Failure
 
 from crawlers.extensions.task_ledger import TaskLedger
-from crawlers.tasks.base import RunFailure, TaskKind, TaskRun
 from crawlers.spiders.outputs import STARTED, RunOutputs
+from crawlers.tasks.base import RunFailure, TaskKind, TaskRun
 from crawlers.tasks.failures import ForbiddenUrl, run_failure
-
-from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from scrapy.http import Response
