@@ -52,7 +52,13 @@ def sandbox() -> Iterator[Any]:
 
 def worker_env(**settings: object) -> dict[str, str]:
     """Environment for a `scrapy crawl` subprocess: HYDRA_* settings as variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
+    # neither the caller's Hydra settings nor its proxies (a worker would send the
+    # sandbox's requests through them)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HYDRA_") and not k.lower().endswith("_proxy")
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update({name: str(value) for name, value in settings.items()})
     return env

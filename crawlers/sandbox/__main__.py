@@ -20,6 +20,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the 429 sequence")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--fail-ids", default="", help="comma-separated ids that always get 503")
+    parser.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", help="...and this private key (PEM)")
     return parser.parse_args(argv)
 
 
@@ -40,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         access_log=False,
         loop="auto",
         http="auto",
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
 
 

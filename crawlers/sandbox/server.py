@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,12 +40,15 @@ class SandboxServer:
         delay_seconds: float = 0.0,
         fail_ids: frozenset[str] = frozenset(),
         port: int | None = None,
+        tls: bool = False,
     ) -> None:
         self.refuse_rate = refuse_rate
         self.seed = seed
         self.delay_seconds = delay_seconds
         self.fail_ids = fail_ids
         self._port = port if port is not None else _free_port()
+        self.tls = tls
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: a pipe nobody drains could fill up and stall the server.
         self._stderr: IO[bytes] | None = None
@@ -55,7 +59,7 @@ class SandboxServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._port}"
 
     @property
     def url_template(self) -> str:
@@ -84,6 +88,8 @@ class SandboxServer:
         cmd += ["--port", str(self._port), "--refuse-rate", repr(self.refuse_rate)]
         cmd += ["--seed", str(self.seed), "--delay", repr(self.delay_seconds)]
         cmd += ["--fail-ids", ",".join(sorted(self.fail_ids))]
+        if self.tls:
+            cmd += self._certificate_options()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self._proc = subprocess.Popen(
             cmd,
@@ -99,6 +105,49 @@ class SandboxServer:
             self.stop()
             raise
 
+    def _certificate_options(self) -> list[str]:
+        """A self-signed certificate for 127.0.0.1, made with the ``cryptography`` package."""
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._tls_dir = tempfile.TemporaryDirectory(prefix="sandbox-tls-")
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )
+        directory = Path(self._tls_dir.name)
+        (directory / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        (directory / "key.pem").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        certfile, keyfile = str(directory / "cert.pem"), str(directory / "key.pem")
+        return ["--ssl-certfile", certfile, "--ssl-keyfile", keyfile]
+
+    def _open(self, request: urllib.request.Request | str, timeout: float) -> Any:
+        context = None
+        if self.tls:  # our own throwaway certificate
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return urllib.request.urlopen(request, timeout=timeout, context=context)
+
     def _wait_until_healthy(self) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + _START_TIMEOUT
@@ -108,7 +157,7 @@ class SandboxServer:
                     f"sandbox exited with {self._proc.returncode}: {self._read_stderr()}"
                 )
             try:
-                with urllib.request.urlopen(self.base_url + "/healthz", timeout=1.0) as resp:
+                with self._open(self.base_url + "/healthz", timeout=1.0) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -137,11 +186,14 @@ class SandboxServer:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
+            self._tls_dir = None
 
     def _request(self, method: str, path: str) -> Any:
         data = b"" if method == "POST" else None
         req = urllib.request.Request(self.base_url + path, data=data, method=method)
-        with urllib.request.urlopen(req, timeout=5.0) as resp:
+        with self._open(req, timeout=5.0) as resp:
             return json.loads(resp.read())
 
     def stats(self) -> dict[str, Any]:
