@@ -182,9 +182,46 @@ class HydraConfig(BaseModel):
         description="Seconds between progress lines (done, rate, held, queue depth) in the "
         "log; 0 = none.",
     )
+    fetch_queue_key: str = Field(
+        "hydra:fetch:tasks",
+        description="Redis list other systems push seed-003 fetch tasks onto; every fetch "
+        "worker routes what it claims to the queue of its source type.",
+    )
+    db_url: str = Field(
+        "sqlite:///output/hydra.db",
+        description="State database (SQLAlchemy URL): `sqlite:///relative/or/abs.db` or "
+        "`postgresql+psycopg://user@host/db`. Migrations are applied at start.",
+    )
+    store_uri: str = Field(
+        "file://output/store",
+        description="Where fetched files are stored: `file:///abs/dir`, `file://relative/dir` "
+        "or `s3://bucket/prefix`. Files go under `{prefix}/{channel_id}/{job_id}/{path}`.",
+    )
+    s3_endpoint_url: str = Field(
+        "", description="S3-compatible endpoint of the `s3://` store (empty: AWS)."
+    )
+    parsers_topic: str = Field(
+        "hydra:parsers",
+        description="Topic (Redis Stream; embedded: JSON-lines file) that gets one message "
+        "per finished fetch job with its output folder.",
+    )
+    status_topic: str = Field(
+        "hydra:status", description="Topic that gets one status message per fetch job."
+    )
+    topics_path: str = Field(
+        "output/topics",
+        description="Directory of the topics' JSON-lines files in embedded mode.",
+    )
+    fetch_max_file_bytes: int = Field(
+        10 << 30, ge=1, description="A remote file larger than this is refused (not fetched)."
+    )
+    fetch_max_files: int = Field(
+        100_000, ge=1, description="A listing with more matching files than this fails the job."
+    )
     task_kinds_base: dict[str, str] = Field(
         default_factory=lambda: {
             "price_batch": "crawlers.tasks.price_batches.PriceBatchKind",
+            "fetch_task": "crawlers.tasks.fetch_tasks.FetchTaskKind",
         },
         description="Task kinds Hydra ships: name -> class path. Extend or override through "
         "`HYDRA_TASK_KINDS` (a value of null removes a kind), as Scrapy's `FEED_STORAGES`.",
@@ -210,6 +247,16 @@ class HydraConfig(BaseModel):
     )
     queue_schemes: dict[str, str | None] = Field(
         default_factory=dict, description="Queue backends added to `HYDRA_QUEUE_SCHEMES_BASE`."
+    )
+    store_schemes_base: dict[str, str] = Field(
+        default_factory=lambda: {
+            "file": "crawlers.stores.local.LocalStore",
+            "s3": "crawlers.stores.s3.S3Store",
+        },
+        description="File stores by the scheme of `HYDRA_STORE_URI`: scheme -> class path.",
+    )
+    store_schemes: dict[str, str | None] = Field(
+        default_factory=dict, description="Stores added to `HYDRA_STORE_SCHEMES_BASE`."
     )
 
     _by_crawler: ClassVar[WeakKeyDictionary[Crawler, HydraConfig]] = WeakKeyDictionary()
@@ -238,6 +285,8 @@ class HydraConfig(BaseModel):
         "sink_schemes",
         "queue_schemes_base",
         "queue_schemes",
+        "store_schemes_base",
+        "store_schemes",
         mode="before",
     )
     @classmethod
