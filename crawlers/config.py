@@ -212,6 +212,15 @@ class HydraConfig(BaseModel):
         "output/topics",
         description="Directory of the topics' JSON-lines files in embedded mode.",
     )
+    fetch_task_timeout_seconds: float = Field(
+        3600.0, gt=0, description="Deadline of one fetch job (listing, every file, topics)."
+    )
+    fetch_max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Attempts of a fetch task whose job could not be finished for a reason "
+        "outside the source (database, store or topics unreachable); then dead-lettered.",
+    )
     fetch_max_file_bytes: int = Field(
         10 << 30, ge=1, description="A remote file larger than this is refused (not fetched)."
     )

@@ -1,9 +1,11 @@
-"""``make demo``: the main job on embedded defaults, with nothing else installed.
+"""``make demo``: the main jobs on embedded defaults, with nothing else installed.
 
 Starts the sandbox price API (which refuses some requests with 429), runs the
 ``prices`` spider over a few hundred IDs in embedded mode (in-process queue,
 JSON-lines output), then checks the books: every ID asked is either stored or
-dead-lettered.
+dead-lettered. Then seed 003: a local FTP server, and the same channel fetched
+twice by ``scrapy crawl ftp`` (SQLite state, a local store, JSON-lines topics):
+the second job stores nothing new.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from crawlers.sandbox import SandboxServer
+from crawlers.sandbox.ftp import FtpSandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,13 +66,85 @@ def run_demo(ids: int, refuse_rate: float, output: Path) -> int:
     return 0 if not missing else 1
 
 
+def run_fetch_demo(output: Path) -> int:
+    """Seed 003 on a local FTP server: the same channel fetched twice; the second job
+    finds every file unchanged and stores nothing."""
+    output = output / "fetch"
+    if output.exists():
+        shutil.rmtree(output)
+    source = output / "ftp-root"
+    for name, text in DEMO_FILES.items():
+        path = source / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HYDRA_")}
+    env.update(
+        HYDRA_DB_URL=f"sqlite:///{output.resolve()}/hydra.db",
+        HYDRA_STORE_URI=f"file://{output.resolve()}/store",
+        HYDRA_TOPICS_PATH=str(output.resolve() / "topics"),
+        HYDRA_DEADLETTER_PATH=str(output.resolve() / "deadletter.jsonl"),
+    )
+    print("\n==== Seed 003: an FTP channel fetched twice ====")
+    with FtpSandbox(source) as ftp:
+        for number in (1, 2):
+            task = {
+                "job_id": f"demo_job_{number}",
+                "channel_id": "demo_channel",
+                "source_type": "ftp",
+                "config": {
+                    "host": "127.0.0.1",
+                    "port": ftp.port,
+                    "username": ftp.username,
+                    "password": ftp.password,
+                    "remote_path": "/",
+                    "file_pattern": "*.csv",
+                },
+            }
+            task_path = output / f"task{number}.json"
+            task_path.write_text(json.dumps(task), encoding="utf-8")
+            log = output / f"crawl{number}.log"
+            command = [sys.executable, "-m", "scrapy", "crawl", "ftp", "-a", f"task=@{task_path}"]
+            command += ["-s", f"LOG_FILE={log}"]
+            done = subprocess.run(command, cwd=ROOT, env=env, check=False)
+            if done.returncode != 0:
+                print(f"The fetch crawl failed (exit {done.returncode}); its log is {log}.")
+                return 1
+            status = _last_message(output / "topics" / "hydra_status.jsonl")
+            parsers = _last_message(output / "topics" / "hydra_parsers.jsonl")
+            print(f"Job {number}: {status['status']}: {status['message']}")
+            print(
+                f"       parsers topic: file_count={parsers['file_count']} "
+                f"s3_output_path={parsers['s3_output_path']}"
+            )
+    stored = sorted(p.relative_to(output / "store") for p in (output / "store").rglob("*.csv"))
+    print(f"Store:             {output / 'store'} ({len(stored)} files, all from job 1)")
+    print(f"Topics:            {output / 'topics'}; state: {output / 'hydra.db'}")
+    return 0
+
+
+#: the demo channel's files: three CSV files (one nested) and one the pattern skips
+DEMO_FILES = {
+    "prices/2026-11-29.csv": "id,price\n1,9.99\n2,19.50\n",
+    "prices/2026-11-30.csv": "id,price\n1,10.49\n2,19.50\n",
+    "inventory.csv": "sku,count\nA,3\nB,0\n",
+    "README.txt": "not fetched: the pattern is *.csv\n",
+}
+
+
+def _last_message(path: Path) -> dict[str, object]:
+    line = path.read_text(encoding="utf-8").splitlines()[-1]
+    message: dict[str, object] = json.loads(line)["message"]
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ids", type=int, default=300, help="how many price IDs to fetch")
     parser.add_argument("--refuse-rate", type=float, default=0.03, help="sandbox 429 share")
     parser.add_argument("--output", type=Path, default=ROOT / "output" / "demo")
     args = parser.parse_args(argv)
-    sys.exit(run_demo(args.ids, args.refuse_rate, args.output))
+    code = run_demo(args.ids, args.refuse_rate, args.output)
+    sys.exit(code or run_fetch_demo(args.output))
 
 
 if __name__ == "__main__":

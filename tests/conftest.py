@@ -17,6 +17,9 @@ from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: real servers for the fetch tasks: PostgreSQL, FTP, moto's S3
+pytest_plugins = ["tests.dbfixtures", "tests.ftpfixtures", "tests.s3fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -123,7 +123,7 @@ class Intake:
         if delivery.redeliveries:
             self.stats.inc_value("hydra/queue/redelivered")
         now = time.monotonic()
-        deadline = now + self.config.task_timeout_seconds
+        deadline = now + kind.timeout_seconds()
         run = TaskRun(delivery, kind, claimed_at=now, deadline=deadline)
         self.runs[run.lease_id] = run
         reason: DeadLetterReason = "invalid_message"

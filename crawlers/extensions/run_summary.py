@@ -99,7 +99,9 @@ class RunSummary:
         assert self.crawler.stats is not None
         stats = self.crawler.stats.get_stats()
         kind_lines = ledger.kind.summary_lines(stats) if ledger.kind is not None else []
-        sinks = [build_sink(self.crawler, uri).describe() for uri in self.config.sinks]
+        sinks = []
+        if ledger._had_flushables:  # a spider with sinks (fetch jobs store their own way)
+            sinks = [build_sink(self.crawler, uri).describe() for uri in self.config.sinks]
         lines = summary_lines(stats, kind_lines, sinks, ledger.deadletter_location)
         logger.info("Hydra run summary (%s):\n  %s", reason, "\n  ".join(lines))
         if self.config.summary_path:

@@ -54,7 +54,8 @@ class Settlement:
         self.sink_failures = 0
         self._sink_retry_at = 0.0
         self._sink_failing_since = 0.0
-        self._warned_no_sinks = False
+        #: a spider without sinks (its pipelines write durably themselves) never had any
+        self._had_flushables = False
 
     @property
     def sink_failing(self) -> bool:
@@ -87,12 +88,11 @@ class Settlement:
             flushed = True
             if needs_flush and self._flushables:
                 flushed = await self._flush(final)
-            elif needs_flush and (self.sink_failing or self.config.sinks):
-                # no sink is open although sinks are configured: closed while failing
-                # (SinkPipeline.close_spider removes them after its final flush), or
-                # never opened: what the runs emitted is not durable anywhere
+            elif needs_flush and (self.sink_failing or self._had_flushables):
+                # the sinks were closed (SinkPipeline.close_spider removes them after
+                # its final flush) while failing, or with rows the final flush missed:
+                # what the runs emitted since is not durable anywhere
                 flushed = False
-                self._warn_no_sinks()
             if not flushed:
                 ready = [run for run in ready if run.items_emitted == 0]
                 resumable = {}
@@ -157,14 +157,6 @@ class Settlement:
                 # another worker re-runs this message: what we stored is duplicated
                 self.stats.inc_value("hydra/queue/ack_lease_lost")
                 logger.warning("Lease %s expired before its ack", run.lease_id)
-
-    def _warn_no_sinks(self) -> None:
-        if not self.sink_failing and not self._stopping.is_set() and not self._warned_no_sinks:
-            self._warned_no_sinks = True
-            logger.error(
-                "HYDRA_SINKS is set but no sink is open (is SinkPipeline enabled?): "
-                "nothing that emitted items is acknowledged"
-            )
 
     def _checkpoint_candidates(self) -> dict[TaskRun, str]:
         """Unfinished runs whose resume point (after the items that left the pipelines)

@@ -119,7 +119,10 @@ class TaskLedger(Intake, Settlement):
         if not name:
             return
         self.kind = self.kind_named(name)
-        queue = build_queue(self.crawler, self.kind.queue_key(), worker_id=self.worker_id)
+        route = self.kind.route(spider)
+        queue = build_queue(
+            self.crawler, self.kind.queue_key(), worker_id=self.worker_id, route=route
+        )
         await queue.open()  # no network I/O: a server that is away shows in the loops
         self.queue = queue
         self.deadletter_location = self.queue.describe_deadletter()
@@ -161,6 +164,7 @@ class TaskLedger(Intake, Settlement):
 
     def add_flushable(self, flushable: Flushable) -> None:
         self._flushables.append(flushable)
+        self._had_flushables = True
 
     def remove_flushable(self, flushable: Flushable) -> None:
         with contextlib.suppress(ValueError):
@@ -368,8 +372,8 @@ class TaskLedger(Intake, Settlement):
     async def watchdog(self) -> None:
         """Deadlines: no run is renewed forever."""
         now = time.monotonic()
-        timeout = self.config.task_timeout_seconds
         for run in list(self.runs.values()):
+            timeout = run.kind.timeout_seconds()
             if not run.finished and now > run.deadline:
                 self.stats.inc_value("hydra/task/timeouts")
                 self.fail(run, RunFailure("timeout", f"run not finished within {timeout:g} s"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import TypeAdapter
 
 from crawlers.models.deadletter import DeadLetterEntry
+from crawlers.models.fetch_messages import ParsersMessage, StatusMessage
 from crawlers.models.fetch_task import FETCH_TASK
 from crawlers.models.price_batch import PriceBatch
 from crawlers.models.validation import validation_error_text
@@ -18,6 +19,16 @@ SCHEMAS: dict[str, TypeAdapter[object]] = {
     "price_batch": TypeAdapter(PriceBatch),
     "fetch_task": FETCH_TASK,  # type: ignore[dict-item]
     "deadletter_entry": TypeAdapter(DeadLetterEntry),
+    "parsers_message": TypeAdapter(ParsersMessage),
+    "status_message": TypeAdapter(StatusMessage),
 }
 
-__all__ = ["FETCH_TASK", "SCHEMAS", "DeadLetterEntry", "PriceBatch", "validation_error_text"]
+__all__ = [
+    "FETCH_TASK",
+    "SCHEMAS",
+    "DeadLetterEntry",
+    "ParsersMessage",
+    "PriceBatch",
+    "StatusMessage",
+    "validation_error_text",
+]

@@ -55,10 +55,20 @@ class WebSourceConfig(_Config):
 class _TaskBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job_id: str = Field(min_length=1)
-    channel_id: str = Field(min_length=1)
+    job_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:-]+$")
+    channel_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:-]+$")
     is_new: bool = False
     heal_mode: bool = False
+    attempt: int = Field(
+        0, ge=0, description="0 for a first dispatch; +1 each time Hydra requeues the task."
+    )
+
+    @model_validator(mode="after")
+    def _ids_are_folder_names(self) -> _TaskBase:
+        # both name folders of the store ({prefix}/{channel_id}/{job_id}/...)
+        if {self.job_id, self.channel_id} & {".", ".."}:
+            raise ValueError("job_id and channel_id cannot be '.' or '..'")
+        return self
 
     @model_validator(mode="after")
     def _new_channels_are_not_healed(self) -> _TaskBase:

@@ -21,6 +21,7 @@ from crawlers.queues.base import (
     ClaimResult,
     Delivery,
     Requeue,
+    Route,
     TaskQueue,
 )
 
@@ -33,7 +34,9 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def build_queue(crawler: Crawler, key: str, *, worker_id: str) -> TaskQueue:
+def build_queue(
+    crawler: Crawler, key: str, *, worker_id: str, route: Route | None = None
+) -> TaskQueue:
     """The queue for ``key``; no I/O happens until it is used."""
     config = HydraConfig.from_crawler(crawler)
     schemes = config.registry("queue_schemes")
@@ -41,8 +44,9 @@ def build_queue(crawler: Crawler, key: str, *, worker_id: str) -> TaskQueue:
     if scheme not in schemes:
         known = ", ".join(sorted(schemes))
         raise HydraConfigError([f"HYDRA_REDIS_URL: unsupported scheme {scheme!r} (known: {known})"])
+    extra = {"route": route} if route is not None else {}
     queue: TaskQueue = build_from_crawler(
-        load_object(schemes[scheme]), crawler, key=key, worker_id=worker_id
+        load_object(schemes[scheme]), crawler, key=key, worker_id=worker_id, **extra
     )
     return queue
 
@@ -53,6 +57,7 @@ __all__ = [
     "ClaimResult",
     "Delivery",
     "Requeue",
+    "Route",
     "TaskQueue",
     "build_queue",
     "new_worker_id",

@@ -64,6 +64,16 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class Route:
+    """A queue shared by several kinds of worker: messages are routed by ``field``
+    (e.g. ``source_type``) among ``types``; this worker takes the ``wanted`` ones."""
+
+    field: str
+    types: tuple[str, ...]
+    wanted: frozenset[str]
+
+
+@dataclass(frozen=True)
 class ClaimResult:
     deliveries: list[Delivery] = field(default_factory=list)
     #: expired leases of dead workers returned to the queue during this claim

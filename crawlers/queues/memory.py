@@ -60,6 +60,8 @@ class MemoryQueue:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, key: str, **_: Any) -> MemoryQueue:
+        """One process, one spider: no routing (a message of another type reaches the
+        kind, which refuses it)."""
         config = HydraConfig.from_crawler(crawler)
         return cls(key, project_path(config.deadletter_path))
 

@@ -30,13 +30,15 @@ from scrapy_redis.connection import get_redis
 from crawlers.config import HydraConfig
 from crawlers.models.redaction import redact_url
 from crawlers.queues import redis_scripts
-from crawlers.queues.base import Acknowledgement, Checkpoint, ClaimResult, Delivery
+from crawlers.queues.base import Acknowledgement, Checkpoint, ClaimResult, Delivery, Route
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
 
+#: messages of other types one claim routes at most (the rest on the next claim)
+_ROUTE_LIMIT = 200
 #: dead-letter ids remembered for idempotent transfers
 _TRANSFER_MEMORY_MS = 7 * 24 * 3600 * 1000
 _TRANSFER_BATCH = 100
@@ -79,6 +81,7 @@ class RedisLeaseQueue:
         lease_seconds: float,
         worker_id: str,
         redis_params: dict[str, Any] | None = None,
+        route: Route | None = None,
     ) -> None:
         self.url = url
         self.key = key
@@ -92,6 +95,11 @@ class RedisLeaseQueue:
         self.held_key = helper_key(key, "held")
         self.outbox_key = helper_key(key, "deadletter-outbox")
         self.transferred_key = helper_key(deadletter_key, "ids")
+        self.route = route
+        #: one ready list per routed type, e.g. ``{hydra:fetch:tasks}:ready:s3``
+        self.typed_keys = (
+            [helper_key(key, f"ready:{name}") for name in route.types] if route else []
+        )
         self._client: redis.asyncio.Redis | None = None
         self._transfer_pending = False
         #: lease ids of claims whose reply was lost (they may be held by nobody)
@@ -99,7 +107,9 @@ class RedisLeaseQueue:
         self.released_unsure = 0
 
     @classmethod
-    def from_crawler(cls, crawler: Crawler, key: str, *, worker_id: str) -> RedisLeaseQueue:
+    def from_crawler(
+        cls, crawler: Crawler, key: str, *, worker_id: str, route: Route | None = None
+    ) -> RedisLeaseQueue:
         config = HydraConfig.from_crawler(crawler)
         return cls(
             config.redis_url,
@@ -108,6 +118,7 @@ class RedisLeaseQueue:
             lease_seconds=config.queue_lease_seconds,
             worker_id=worker_id,
             redis_params=crawler.settings.getdict("REDIS_PARAMS"),
+            route=route,
         )
 
     @property
@@ -141,10 +152,19 @@ class RedisLeaseQueue:
         if self._transfer_pending or self._unsure:
             await self._tidy()  # before the claim: nothing may fail after it
         keys = [self.key, self.ready_key, self.delayed_key, self.leases_key, self.held_key]
+        keys += self.typed_keys
         prefix = self.worker_id + ":"
+        route = self.route
+        route_limit = _ROUTE_LIMIT if route else 0
         leases = [prefix + secrets.token_hex(8) for _ in range(limit)]
-        message_ids = [secrets.token_hex(12) for _ in range(limit)]
-        args: list[str | int] = [limit, self.lease_ms, prefix, 100, 1000, *leases, *message_ids]
+        message_ids = [secrets.token_hex(12) for _ in range(limit + route_limit)]
+        args: list[str | int] = [limit, self.lease_ms, prefix, 100, 1000]
+        args += (
+            [route.field, ",".join(route.types), ",".join(sorted(route.wanted))]
+            if route
+            else ["", "", ""]
+        )
+        args += [route_limit, *leases, *message_ids]
         try:
             reply = await self._claim(keys=keys, args=args)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
@@ -251,6 +271,8 @@ class RedisLeaseQueue:
             pipe.llen(self.key)
             pipe.llen(self.ready_key)
             pipe.zcard(self.delayed_key)
+            for typed in self.typed_keys:
+                pipe.llen(typed)
             counts = await pipe.execute()
         return sum(int(count) for count in counts)
 

@@ -31,15 +31,41 @@ local function split(envelope)
 end
 """
 
-# KEYS: list, ready, delayed, leases, held
+# KEYS: list, ready, delayed, leases, held, then one typed ready list per route type
 # ARGV: limit, lease_ms, own lease prefix, reclaim_limit, promote_limit,
+#       route field ('' = no routing), route types (csv, the order of the typed KEYS),
+#       wanted types (csv), route_limit,
 #       then `limit` lease ids, then `limit` new message ids
 # -> {reclaimed, delayed, lease, envelope, lease, envelope, ...}
+#
+# Routing (a queue shared by several kinds of worker, e.g. fetch tasks by source
+# type): a message of a known type this worker does not want is moved, envelope
+# and all, to that type's ready list, where the workers of that type find it
+# first. A message that cannot be read, or of an unknown type, is leased to
+# whoever claims it, to be dead-lettered.
 CLAIM = (
     _NOW_MS
     + """
 local limit = tonumber(ARGV[1])
 local prefix = ARGV[3]
+local field, wanted = ARGV[6], {}
+local typed = {}
+local position = 5
+for name in string.gmatch(ARGV[7], '[^,]+') do
+  position = position + 1
+  typed[name] = KEYS[position]
+end
+for name in string.gmatch(ARGV[8], '[^,]+') do wanted[name] = true end
+local route_budget = tonumber(ARGV[9])
+local first_lease = 9
+local function route_of(payload)
+  if field == '' then return nil end
+  local ok, message = pcall(cjson.decode, payload)
+  if not ok or type(message) ~= 'table' then return nil end
+  local kind = message[field]
+  if type(kind) ~= 'string' or not typed[kind] or wanted[kind] then return nil end
+  return typed[kind]
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 for _, envelope in ipairs(due) do
   redis.call('RPUSH', KEYS[2], envelope)
@@ -66,19 +92,43 @@ for i = 1, #expired, 2 do
 end
 local out = {reclaimed, 0}
 local n = 0
+local fresh = 0
+local function lease_it(envelope)
+  n = n + 1
+  local lease = ARGV[first_lease + n]
+  redis.call('HSET', KEYS[5], lease, envelope)
+  redis.call('ZADD', KEYS[4], now + lease_ms, lease)
+  table.insert(out, lease)
+  table.insert(out, envelope)
+end
+-- first what was routed to this worker's types
+for name, _ in pairs(wanted) do
+  while n < limit and typed[name] do
+    local envelope = redis.call('LPOP', typed[name])
+    if not envelope then break end
+    lease_it(envelope)
+  end
+end
+-- then the shared ready list and the public list, routing what is not ours
 while n < limit do
   local envelope = redis.call('LPOP', KEYS[2])
   if not envelope then
     local payload = redis.call('LPOP', KEYS[1])
     if not payload then break end
-    envelope = ARGV[6 + limit + n] .. '\\n0\\n' .. payload
+    fresh = fresh + 1
+    envelope = ARGV[first_lease + limit + fresh] .. '\\n0\\n' .. payload
   end
-  n = n + 1
-  local lease = ARGV[5 + n]
-  redis.call('HSET', KEYS[5], lease, envelope)
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), lease)
-  table.insert(out, lease)
-  table.insert(out, envelope)
+  local _, _, payload = split(envelope)
+  local destination = route_of(payload)
+  if destination and route_budget > 0 then
+    route_budget = route_budget - 1
+    redis.call('RPUSH', destination, envelope)
+  elseif destination then
+    redis.call('LPUSH', KEYS[2], envelope)  -- enough routing for one call: next time
+    break
+  else
+    lease_it(envelope)
+  end
 end
 out[2] = redis.call('ZCARD', KEYS[3])
 return out

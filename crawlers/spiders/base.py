@@ -41,7 +41,6 @@ TASK_COMPONENTS: dict[str, dict[str, int]] = {
     },
     "SPIDER_MIDDLEWARES": {"crawlers.middlewares.task_runs.TaskRunMiddleware": 10},
     "DOWNLOADER_MIDDLEWARES": {"crawlers.middlewares.task_requests.TaskRequestsMiddleware": 40},
-    "ITEM_PIPELINES": {"crawlers.pipelines.sinks.SinkPipeline": 900},
 }
 
 

@@ -77,6 +77,8 @@ class PricesSpider(TaskSpider):
     task_components: ClassVar[dict[str, dict[str, int]]] = {
         # sees the raw status first (before redirect/retry): anything not OK stops the batch
         "DOWNLOADER_MIDDLEWARES": {"crawlers.middlewares.batch_stop.BatchStopMiddleware": 950},
+        # every price row to every sink in HYDRA_SINKS
+        "ITEM_PIPELINES": {"crawlers.pipelines.sinks.SinkPipeline": 900},
     }
     config: HydraConfig
 

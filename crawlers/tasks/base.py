@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from crawlers.config import HydraConfig
-from crawlers.queues.base import Delivery, Requeue
+from crawlers.queues.base import Delivery, Requeue, Route
 
 if TYPE_CHECKING:
-    from scrapy import Request
+    from scrapy import Request, Spider
     from scrapy.crawler import Crawler
 
     from crawlers.models.deadletter import DeadLetterReason
@@ -116,6 +116,14 @@ class TaskKind:
     def queue_key(self) -> str:
         """The list other systems push this kind's messages onto."""
         raise NotImplementedError
+
+    def route(self, spider: Spider) -> Route | None:
+        """How a queue shared with other spiders routes messages (none: one queue)."""
+        return None
+
+    def timeout_seconds(self) -> float:
+        """A run still going this long after its claim is stopped."""
+        return self.config.task_timeout_seconds
 
     def parse(self, payload: str) -> Any:
         """The validated message; raise :class:`InvalidMessage` (or ``ValueError``)."""

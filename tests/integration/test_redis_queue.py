@@ -13,7 +13,7 @@ import redis
 from redis.crc import key_slot
 
 from crawlers.models import DeadLetterEntry
-from crawlers.queues import Acknowledgement, Checkpoint, Delivery, Requeue
+from crawlers.queues import Acknowledgement, Checkpoint, Delivery, Requeue, Route
 from crawlers.queues.redis import RedisLeaseQueue
 from tests.servers import RedisServer, free_port
 
@@ -484,3 +484,56 @@ def test_leases_of_a_claim_whose_reply_was_lost_are_given_back(
         assert queue.released_unsure == 1
 
     run(scenario)
+
+
+def test_a_shared_queue_routes_each_type_to_its_workers(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Fetch tasks of every source type share one public list; a claim takes the
+    types its worker wants and moves the others to their typed ready lists."""
+
+    async def scenario() -> None:
+        types = ("s3", "ftp", "html", "api")
+
+        def typed(worker: str, wanted: str) -> RedisLeaseQueue:
+            route = Route("source_type", types, frozenset({wanted}))
+            return RedisLeaseQueue(
+                redis_server.url, "hydra:fetch:tasks", deadletter_key=DEADLETTER,
+                lease_seconds=30, worker_id=worker, route=route,
+            )  # fmt: skip
+
+        s3, ftp = typed("s3-worker", "s3"), typed("ftp-worker", "ftp")
+        for queue in (s3, ftp):
+            await queue.open()
+        try:
+            messages = [
+                json.dumps({"job_id": "a", "source_type": "s3"}),
+                json.dumps({"job_id": "b", "source_type": "ftp"}),
+                "not json",
+                json.dumps({"job_id": "c", "source_type": "gopher"}),
+                json.dumps({"job_id": "d", "source_type": "html"}),
+                json.dumps({"job_id": "e", "source_type": "s3"}),
+            ]
+            await s3.push(messages)
+            taken = await s3.claim(10)
+            # its own type, and what nobody could route (to be dead-lettered by it)
+            assert [d.payload for d in taken.deliveries] == [
+                messages[0],
+                messages[2],
+                messages[3],
+                messages[5],
+            ]
+            assert redis_client.lrange("{hydra:fetch:tasks}:ready:ftp", 0, -1)[0].endswith(
+                messages[1]
+            )
+            assert redis_client.llen("{hydra:fetch:tasks}:ready:html") == 1  # for a web worker
+            assert await s3.depth() == 2
+            routed = await ftp.claim(10)
+            assert [d.payload for d in routed.deliveries] == [messages[1]]
+            assert all(len(d.message_id) == 24 for d in routed.deliveries)
+            assert (await s3.claim(10)).deliveries == []  # html is not its either
+        finally:
+            for queue in (s3, ftp):
+                await queue.close()
+
+    asyncio.run(scenario())

@@ -10,7 +10,7 @@ dead-lettered as ``task_failed``) while the job's other pages are dropped.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from pydantic import BaseModel, Field
@@ -43,6 +43,9 @@ class PagesKind(TaskKind):
 class PagesSpider(TaskSpider):
     name = "pages"
     task_kind = "sandbox_pages"
+    task_components: ClassVar[dict[str, dict[str, int]]] = {
+        "ITEM_PIPELINES": {"crawlers.pipelines.sinks.SinkPipeline": 900},
+    }
 
     def start_task(self, run: TaskRun) -> Iterator[Request]:
         job: PagesJob = run.message

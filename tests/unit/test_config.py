@@ -44,6 +44,7 @@ def test_registries_merge_with_their_base() -> None:
     config = HydraConfig.from_settings(settings)
     assert config.registry("task_kinds") == {
         "price_batch": "crawlers.tasks.price_batches.PriceBatchKind",
+        "fetch_task": "crawlers.tasks.fetch_tasks.FetchTaskKind",
         "fetch": "x.Fetch",
     }
     assert config.registry("sink_schemes") == {}  # None removes a base entry
