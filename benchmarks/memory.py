@@ -2,7 +2,7 @@
 
 For each N (default 20,000 and 200,000) a private Redis gets N IDs as 20-ID batch
 messages and one ``scrapy crawl prices`` consumes them against the sandbox; the
-worker's peak resident set size is its ``ru_maxrss`` (from ``wait4``). A worker
+worker's peak resident set size is its ``VmHWM`` (sampled from /proc while it runs). A worker
 that keeps something per ID (a fingerprint, a finished run, an item id) would
 grow with N; Hydra's should not.
 """
@@ -10,14 +10,21 @@ grow with N; Hydra's should not.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.runs import ROOT, RunResult, check_sinks, clean_env, price_ids, push_batches
+from benchmarks.runs import (
+    ROOT,
+    RunResult,
+    check_sinks,
+    clean_env,
+    price_ids,
+    push_batches,
+    wait_with_peak_rss,
+)
 from crawlers.sandbox import SandboxServer
 from tests.servers import RedisServer
 
@@ -43,12 +50,12 @@ def peak_rss(count: int) -> tuple[float, float, bool]:
                         [sys.executable, "-m", "scrapy", "crawl", "prices"],
                         cwd=ROOT, env=env, stdout=log, stderr=log,
                     )  # fmt: skip
-                    _, status, usage = os.wait4(process.pid, 0)
+                    status, rss = wait_with_peak_rss(process)
                 seconds = time.monotonic() - started
                 result = RunResult("memory", expected=count)
                 check_sinks(result, [workdir / "out.jsonl"], ids)
                 ok = status == 0 and result.ok
-                return usage.ru_maxrss / 1024, seconds, ok
+                return rss, seconds, ok
         finally:
             server.stop()
 

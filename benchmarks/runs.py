@@ -110,6 +110,25 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text[-lines:])
 
 
+def wait_with_peak_rss(process: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """``(exit status, peak RSS in MiB)`` of a child, from ``VmHWM`` in /proc while it runs.
+
+    Not ``ru_maxrss`` from ``wait4``: that counts the parent's memory the child
+    shared between ``fork`` and ``exec``, so a benchmark process holding test data
+    would inflate every worker's figure."""
+    peak_kib = 0
+    status_path = Path(f"/proc/{process.pid}/status")
+    while process.poll() is None:
+        try:
+            for line in status_path.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kib = max(peak_kib, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    return process.returncode, peak_kib / 1024
+
+
 def timeout_for(count: int) -> float:
     return 120 + count / 40
 

@@ -221,6 +221,12 @@ class HydraConfig(BaseModel):
         description="Attempts of a fetch task whose job could not be finished for a reason "
         "outside the source (database, store or topics unreachable); then dead-lettered.",
     )
+    fetch_concurrency: int = Field(
+        4,
+        ge=1,
+        description="Files one fetch job downloads and stores at the same time (each "
+        "streamed: memory grows with this, not with file sizes).",
+    )
     fetch_max_file_bytes: int = Field(
         10 << 30, ge=1, description="A remote file larger than this is refused (not fetched)."
     )

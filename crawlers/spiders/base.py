@@ -152,6 +152,11 @@ class TaskSpider(Spider):
         finally:
             await self._outputs.put(run, STARTED)
 
+    async def store_item(self, run: TaskRun, item: Any) -> None:
+        """Put ``item`` of ``run`` through the item pipelines now and wait for them: for
+        runs that produce items from several tasks of their own at once."""
+        await self._hand_over(run, item)
+
     async def _hand_over(self, run: TaskRun, output: Any) -> None:
         """Requests go to Scrapy's scheduler through ``start()``; items go straight into
         the item pipelines, awaited by the run's own driver, so an item fetched while

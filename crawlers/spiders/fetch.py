@@ -28,7 +28,7 @@ from crawlers.config import HydraConfig
 from crawlers.extensions.fetch_services import FetchServices
 from crawlers.items import FetchedFileItem, JobResultItem
 from crawlers.models import FETCH_TASK
-from crawlers.sources import Source, SourceError
+from crawlers.sources import RemoteFile, Source, SourceError
 from crawlers.spiders.base import TaskSpider
 
 if TYPE_CHECKING:
@@ -106,11 +106,10 @@ class FetchSpider(TaskSpider):
         source = open_source(task, config)
         workdir = Path(tempfile.mkdtemp(prefix="hydra-fetch-"))
         try:
-            async for item in self._files(run, source, policy, job, workdir):
-                yield item
-                if item.outcome == "error":  # our store or database, not the source
-                    raise RuntimeError(item.error)
-                job.count(item)
+            listing = await self._retrying(source.list, policy, job)
+            job.refused = listing.refused
+            self._inc("hydra/fetch/files_refused", len(listing.refused))
+            await self._fetch_all(run, source, listing.files, policy, job, workdir)
         except SourceError as exc:
             job.failure = str(exc)
         finally:
@@ -123,27 +122,48 @@ class FetchSpider(TaskSpider):
         if result.error:
             raise RuntimeError(f"the job's result could not be published: {result.error}")
 
-    async def _files(
+    async def _fetch_all(
         self,
         run: TaskRun,
         source: Source,
+        files: list[RemoteFile],
         policy: RetryPolicy,
         job: _JobCounts,
         workdir: Path,
-    ) -> AsyncIterator[FetchedFileItem]:
+    ) -> None:
+        """Up to ``HYDRA_FETCH_CONCURRENCY`` files at a time; the first source error
+        ends the job (the others are cancelled), as does a store or database error."""
+        slots = asyncio.Semaphore(HydraConfig.from_crawler(self.crawler).fetch_concurrency)
+
+        async def one(number: int, remote: RemoteFile) -> None:
+            async with slots:
+                if run.finished:
+                    return
+                await self._fetch_one(run, source, remote, policy, job, workdir / str(number))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number, remote in enumerate(files):
+                    group.create_task(one(number, remote))
+        except* SourceError as errors:
+            raise errors.exceptions[0] from None
+
+    async def _fetch_one(
+        self,
+        run: TaskRun,
+        source: Source,
+        remote: RemoteFile,
+        policy: RetryPolicy,
+        job: _JobCounts,
+        local: Path,
+    ) -> None:
         task = run.message
-        listing = await self._retrying(source.list, policy, job)
-        job.refused = listing.refused
-        self._inc("hydra/fetch/files_refused", len(listing.refused))
-        for number, remote in enumerate(listing.files):
-            if run.finished:
-                return
-            local = workdir / str(number)
+        try:
             fetched = await self._retrying(
                 functools.partial(source.fetch, remote, local), policy, job
             )
             self._inc("hydra/fetch/files_checked")
-            yield FetchedFileItem(
+            item = FetchedFileItem(
                 job_id=task.job_id,
                 channel_id=task.channel_id,
                 source_type=task.source_type,
@@ -152,6 +172,11 @@ class FetchSpider(TaskSpider):
                 sha256=fetched.sha256,
                 local_path=str(fetched.local_path),
             )
+            await self.store_item(run, item)  # dedup, store, record: done when this returns
+            if item.outcome == "error":  # our store or database, not the source
+                raise RuntimeError(item.error)
+            job.count(item)
+        finally:
             await asyncio.to_thread(local.unlink, True)
 
     async def _retrying(

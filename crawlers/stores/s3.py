@@ -25,8 +25,13 @@ if TYPE_CHECKING:
 
 #: parts of 8 MiB, 4 at once: at most ~32 MiB of a file in memory
 TRANSFER = TransferConfig(
-    multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4
+    multipart_threshold=8 << 20,
+    multipart_chunksize=8 << 20,
+    max_concurrency=4,
 )
+# parts held in memory per upload (s3transfer's default 10): 4 x 8 MiB, whatever the size;
+# boto3's TransferConfig does not take it as an argument
+TRANSFER.max_in_memory_upload_chunks = 4
 
 
 class S3Store:
