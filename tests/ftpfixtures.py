@@ -8,8 +8,6 @@ the test.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import itertools
 import threading
 import warnings
@@ -20,12 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from crawlers.models.fetch_task import FtpSourceConfig
+from crawlers.sandbox.tls import self_signed
 
 with warnings.catch_warnings():
     # pyftpdlib 2.2 imports asynchat/asyncore, deprecated since Python 3.11
@@ -83,35 +78,9 @@ class FtpServer:
 
 def make_certificate(directory: Path) -> Path:
     """A self-signed certificate for 127.0.0.1/localhost; key and cert in one PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed(directory)
     path = directory / "ftps.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
+    path.write_bytes(key.read_bytes() + cert.read_bytes())
     return path
 
 

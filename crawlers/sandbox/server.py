@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from crawlers.sandbox.tls import self_signed
+
 # The directory holding the ``crawlers`` package, so the child can import it.
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _START_TIMEOUT = 20.0
@@ -106,39 +108,9 @@ class SandboxServer:
             raise
 
     def _certificate_options(self) -> list[str]:
-        """A self-signed certificate for 127.0.0.1, made with the ``cryptography`` package."""
-        import datetime
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
         self._tls_dir = tempfile.TemporaryDirectory(prefix="sandbox-tls-")
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256())
-        )
-        directory = Path(self._tls_dir.name)
-        (directory / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        (directory / "key.pem").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        certfile, keyfile = str(directory / "cert.pem"), str(directory / "key.pem")
-        return ["--ssl-certfile", certfile, "--ssl-keyfile", keyfile]
+        certfile, keyfile = self_signed(Path(self._tls_dir.name))
+        return ["--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile)]
 
     def _open(self, request: urllib.request.Request | str, timeout: float) -> Any:
         context = None

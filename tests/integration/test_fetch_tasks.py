@@ -274,3 +274,20 @@ def test_a_job_killed_midway_is_finished_by_another_worker_once(
     assert status["status"] == "success" and status["metadata"]["files_processed"] == 60
     (parsers,) = [json.loads(f["message"]) for _, f in redis_client.xrange("hydra:parsers")]
     assert parsers["file_count"] == 60
+
+
+def test_invalid_tasks_are_dead_lettered_with_credentials_masked(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    bad = {"job_id": "j", "channel_id": "c", "source_type": "ftp",
+           "config": {"host": "", "password": "ftp-Secret-77"}}  # fmt: skip
+    redis_client.rpush("hydra:fetch:tasks", json.dumps(bad), "{not json")
+    log = run_worker(
+        spider="fetch", expect_exit=1,  # nothing reported
+        **_embedded(tmp_path, HYDRA_REDIS_URL=redis_server.url, HYDRA_IDLE_CLOSE_SECONDS=0.5),
+    )  # fmt: skip
+    entries = [json.loads(e) for e in redis_client.lrange("hydra:deadletter", 0, -1)]
+    assert sorted(e["reason"] for e in entries) == ["invalid_message", "invalid_message"]
+    (masked,) = [e for e in entries if e["payload"].startswith('{"job_id"')]
+    assert "host" in masked["error"]
+    assert masked["payload_redacted"] and "ftp-Secret-77" not in json.dumps(entries) + log
