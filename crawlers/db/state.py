@@ -438,14 +438,17 @@ class StateDB:
     async def previous_hash(
         self, channel_id: str, file_path: str, *, excluding_job: str
     ) -> str | None:
-        """The hash this path had in the channel's latest other job that stored it;
+        """The hash this path had in the channel's latest other job that stored it
+        and told the parsers about it (a failed job's files never reached them);
         the asking job's own rows are ignored, so a redelivery decides as its first try."""
         return await asyncio.to_thread(self._previous_hash, channel_id, file_path, excluding_job)
 
     def _previous_hash(self, channel_id: str, file_path: str, excluding_job: str) -> str | None:
         query = (
             select(FILES.c.content_hash)
+            .join(JOBS, JOBS.c.job_id == FILES.c.job_id)
             .where(
+                JOBS.c.parsers_published_at.is_not(None),
                 FILES.c.channel_id == channel_id,
                 FILES.c.file_path == file_path,
                 FILES.c.job_id != excluding_job,
@@ -460,7 +463,7 @@ class StateDB:
     async def record_file(
         self, *, job_id: str, channel_id: str, file_path: str, content_hash: str, file_size: int
     ) -> None:
-        """Record a stored file; again for the same job and path is a no-op."""
+        """Record a stored file; again for the same job and path keeps the newest hash."""
         content_hash = content_hash.lower()
         if not _SHA256_HEX.fullmatch(content_hash):
             raise ValueError(f"content_hash must be a SHA-256 hex digest, not {content_hash!r}")
@@ -480,8 +483,12 @@ class StateDB:
 
     def _record_file(self, values: dict[str, Any]) -> None:
         insert = self._insert(FILES).values(**values)
-        statement = insert.on_conflict_do_nothing(
-            index_elements=[FILES.c.job_id, FILES.c.file_path]
+        statement = insert.on_conflict_do_update(
+            index_elements=[FILES.c.job_id, FILES.c.file_path],
+            set_={
+                "content_hash": insert.excluded.content_hash,
+                "file_size": insert.excluded.file_size,
+            },
         )
         with self._transaction(write=True) as connection:
             connection.execute(statement)

@@ -57,11 +57,13 @@ class DeadLetterEntry(BaseModel):
         redactor: Redactor = DEFAULT_REDACTOR,
         **extra: Any,
     ) -> DeadLetterEntry:
-        encoded = payload.encode("utf-8", "surrogatepass")
+        # Redact the whole payload before cutting it: a cut can split a JSON
+        # document or a secret so the redactor no longer recognises it.
+        masked, redacted = redactor.payload(payload)
+        encoded = masked.encode("utf-8", "surrogatepass")
         truncated = len(encoded) > max_bytes
         if truncated:  # cut at a byte count, not characters: 4-byte characters count 4
-            payload = encoded[:max_bytes].decode("utf-8", "ignore")
-        masked, redacted = redactor.payload(payload)
+            masked = encoded[:max_bytes].decode("utf-8", "ignore")
         return cls(
             reason=reason,
             error=redactor.text(error),

@@ -24,10 +24,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from pydantic import ValidationError
+
 from crawlers.config import HydraConfig
 from crawlers.extensions.fetch_services import FetchServices
 from crawlers.items import FetchedFileItem, JobResultItem
 from crawlers.models import FETCH_TASK
+from crawlers.models.validation import validation_error_text
 from crawlers.sources import RemoteFile, Source, SourceError
 from crawlers.spiders.base import TaskSpider
 
@@ -85,7 +88,10 @@ class FetchSpider(TaskSpider):
         text = self.task_argument
         if text.startswith("@"):
             text = Path(text[1:]).read_text(encoding="utf-8")
-        task = FETCH_TASK.validate_json(text)  # a usage error, not a dead letter
+        try:
+            task = FETCH_TASK.validate_json(text)  # a usage error, not a dead letter
+        except ValidationError as exc:  # pydantic echoes inputs: keep passwords out of the log
+            raise ValueError(validation_error_text(exc)) from None
         if task.source_type not in self.source_types:
             raise ValueError(f"`scrapy crawl {self.name}` does not fetch {task.source_type}")
         return [text]
@@ -103,17 +109,21 @@ class FetchSpider(TaskSpider):
             metadata={"attempt": task.attempt, "deliveries": run.delivery.redeliveries},
         )
         job = _JobCounts()
-        source = open_source(task, config)
+        source: Source | None = None
         workdir = Path(tempfile.mkdtemp(prefix="hydra-fetch-"))
         try:
+            # Inside the try: a source refusing its options fails the job
+            # instead of requeueing the task forever.
+            source = open_source(task, config)
             listing = await self._retrying(source.list, policy, job)
             job.refused = listing.refused
             self._inc("hydra/fetch/files_refused", len(listing.refused))
             await self._fetch_all(run, source, listing.files, policy, job, workdir)
-        except SourceError as exc:
+        except (SourceError, ValueError) as exc:
             job.failure = str(exc)
         finally:
-            await source.close()
+            if source is not None:
+                await source.close()
             await asyncio.to_thread(shutil.rmtree, workdir, True)
         if run.finished:
             return

@@ -244,3 +244,14 @@ def test_entries_round_trip_through_json_lines(tmp_path: Path) -> None:
     (read,) = JsonLinesDeadLetterStore(path).read()
     assert read.entry == original
     assert json.loads(read.text)["details"] == {"row_key": "r1/7"}
+
+
+def test_a_secret_cut_by_truncation_is_still_masked() -> None:
+    """Redaction runs on the whole payload: a cut inside a secret would hide its key."""
+    payload = json.dumps({"pad": "x" * 100, "password": "hunter2hunter2"})
+    entry = DeadLetterEntry.build(
+        reason="invalid_message", error="bad", source="test", payload=payload,
+        max_bytes=len(payload) - 4,
+    )  # fmt: skip
+    assert "hunter2" not in entry.payload
+    assert entry.payload_redacted

@@ -53,6 +53,12 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coroutine, 60))
 
 
+async def _published_job(db: StateDB, job_id: str, channel_id: str) -> None:
+    """A job whose files reached the parsers: the only history dedup trusts."""
+    await db.start_job(job_id=job_id, channel_id=channel_id, source_type="s3", metadata={})
+    await db.mark_published(job_id, "parsers")
+
+
 def schema_diff(engine: Engine) -> list[Any]:
     """What ``alembic check`` would report: the models against the database."""
     with engine.connect() as connection:
@@ -210,9 +216,9 @@ class StateDBBehaviour:
 
     # -- files -----------------------------------------------------------------
 
-    def test_record_file_is_idempotent(self, db: StateDB) -> None:
+    def test_record_file_keeps_one_row_with_the_newest_hash(self, db: StateDB) -> None:
         async def scenario() -> None:
-            for content_hash in (HASH_A, HASH_A, HASH_B):  # a redelivery, even with new bytes
+            for content_hash in (HASH_B, HASH_B, HASH_A):  # a redelivery, even with new bytes
                 await db.record_file(
                     job_id="j1", channel_id="ch1", file_path="in/a.csv",
                     content_hash=content_hash, file_size=10,
@@ -246,6 +252,7 @@ class StateDBBehaviour:
         async def record(
             job: str, content_hash: str, channel: str = "ch1", path: str = "a"
         ) -> None:
+            await _published_job(db, job, channel)
             await db.record_file(
                 job_id=job, channel_id=channel, file_path=path, content_hash=content_hash,
                 file_size=1,
@@ -267,6 +274,23 @@ class StateDBBehaviour:
 
         assert run(scenario()) == [None, None, HASH_A, HASH_B, HASH_A, HASH_C, None]
 
+    def test_previous_hash_ignores_jobs_that_never_told_the_parsers(self, db: StateDB) -> None:
+        """A job that failed after storing a file must not make the next one skip it."""
+
+        async def scenario() -> list[str | None]:
+            await _published_job(db, "j1", "ch1")
+            await db.record_file(job_id="j1", channel_id="ch1", file_path="a",
+                                 content_hash=HASH_A, file_size=1)  # fmt: skip
+            await db.start_job(job_id="j2", channel_id="ch1", source_type="s3", metadata={})
+            await db.record_file(job_id="j2", channel_id="ch1", file_path="a",
+                                 content_hash=HASH_B, file_size=1)  # fmt: skip
+            seen = [await db.previous_hash("ch1", "a", excluding_job="j3")]
+            await db.mark_published("j2", "parsers")
+            seen.append(await db.previous_hash("ch1", "a", excluding_job="j3"))
+            return seen
+
+        assert run(scenario()) == [HASH_A, HASH_B]
+
     def test_redelivered_job_compares_against_the_same_history(self, db: StateDB) -> None:
         """A job killed after recording a file asks again: the answer must not be its own row."""
 
@@ -282,6 +306,7 @@ class StateDBBehaviour:
                 )  # fmt: skip
             return answers
 
+        run(_published_job(db, "j1", "ch1"))
         run(db.record_file(job_id="j1", channel_id="ch1", file_path="a", content_hash=HASH_A,
                            file_size=1))  # fmt: skip
         first, second = run(attempt()), run(attempt())
