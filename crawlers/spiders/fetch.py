@@ -141,22 +141,27 @@ class FetchSpider(TaskSpider):
         job: _JobCounts,
         workdir: Path,
     ) -> None:
-        """Up to ``HYDRA_FETCH_CONCURRENCY`` files at a time; the first source error
-        ends the job (the others are cancelled), as does a store or database error."""
-        slots = asyncio.Semaphore(HydraConfig.from_crawler(self.crawler).fetch_concurrency)
+        """Up to ``HYDRA_FETCH_CONCURRENCY`` files at a time; the first error (source,
+        store or database) ends the job. Files in flight are let finish, never
+        cancelled: a cancelled store would leave its item counted as pending, and
+        the task held. Only as many coroutines as slots exist, however many files."""
+        pending = iter(enumerate(files))
+        errors: list[BaseException] = []
 
-        async def one(number: int, remote: RemoteFile) -> None:
-            async with slots:
-                if run.finished:
+        async def worker() -> None:
+            for number, remote in pending:  # shared: each file is taken once
+                if errors or run.finished:
                     return
-                await self._fetch_one(run, source, remote, policy, job, workdir / str(number))
+                try:
+                    await self._fetch_one(run, source, remote, policy, job, workdir / str(number))
+                except Exception as exc:
+                    errors.append(exc)
+                    return
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for number, remote in enumerate(files):
-                    group.create_task(one(number, remote))
-        except* SourceError as errors:
-            raise errors.exceptions[0] from None
+        width = min(HydraConfig.from_crawler(self.crawler).fetch_concurrency, len(files))
+        await asyncio.gather(*(worker() for _ in range(width)))
+        if errors:
+            raise errors[0]
 
     async def _fetch_one(
         self,
