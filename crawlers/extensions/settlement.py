@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from crawlers.config import HydraConfig
     from crawlers.extensions.task_ledger import Flushable
     from crawlers.sinks import Rejection
-    from crawlers.tasks.base import TaskKind, TaskRun
+    from crawlers.tasks.base import Outcome, TaskKind, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +75,38 @@ class Settlement:
     def _forget(self, run: TaskRun) -> None:
         raise NotImplementedError  # provided by TaskLedger
 
+    def _finish(self, run: TaskRun, outcome: Outcome) -> None:
+        raise NotImplementedError  # provided by TaskLedger
+
+    def _complete_exhausted(self) -> None:
+        """At shutdown, runs whose every item is through the pipelines end as complete
+        (their last request may never be marked done once the engine stops): giving
+        them back from an older checkpoint would store their tail twice."""
+        for run in self.runs.values():
+            if run.finished or run.items_pending:
+                continue
+            try:
+                exhausted = run.kind.exhausted(run)
+                outcome = run.kind.on_complete(run) if exhausted else None
+            except Exception:
+                logger.exception("Task kind %s failed to complete a run", run.kind.name)
+                continue
+            if outcome is not None:
+                self._finish(run, outcome)
+
     async def settle(self, *, final: bool = False) -> None:
         """One round. ``final``: flush even without ready runs (a closing sink)."""
         async with self._settle_lock:
             queue = self.queue
             if queue is None:
                 return
+            if final or self._stopping.is_set():
+                self._complete_exhausted()
             ready = [run for run in self.runs.values() if run.ackable]
             resumable = self._checkpoint_candidates()
             dirty = any(flushable.dirty() for flushable in self._flushables)
-            needs_flush = final or dirty or any(run.items_emitted for run in ready) or resumable
+            unstored = any(run.items_emitted > run.items_stored for run in ready)
+            needs_flush = final or dirty or unstored or bool(resumable)
             flushed = True
             if needs_flush and self._flushables:
                 flushed = await self._flush(final)
@@ -93,8 +115,8 @@ class Settlement:
                 # its final flush) while failing, or with rows the final flush missed:
                 # what the runs emitted since is not durable anywhere
                 flushed = False
-            if not flushed:
-                ready = [run for run in ready if run.items_emitted == 0]
+            if not flushed:  # only runs with nothing left to make durable are acked
+                ready = [run for run in ready if run.items_emitted <= run.items_stored]
                 resumable = {}
             acks = [
                 Acknowledgement(

@@ -137,6 +137,12 @@ class TaskKind:
         kind cannot resume (a reclaimed message then starts from the beginning)."""
         return None
 
+    def exhausted(self, run: TaskRun) -> bool:
+        """Everything ``run`` is to store is through the pipelines (``settled_cursor``
+        reached its end), even if a request of it is still outstanding: at shutdown the
+        run is acked rather than given back from an older checkpoint."""
+        return False
+
     def on_complete(self, run: TaskRun) -> Outcome:
         """The run has no outstanding requests and its spider is done with it."""
         return Outcome()

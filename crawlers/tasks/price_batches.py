@@ -127,6 +127,10 @@ class PriceBatchKind(TaskKind):
         rest = batch.remainder(done, reason, next_attempt=False)
         return rest.model_dump_json(exclude_none=True)
 
+    def exhausted(self, run: TaskRun) -> bool:
+        batch: PriceBatch = run.message
+        return run.settled_cursor >= len(batch.ids)
+
     def on_complete(self, run: TaskRun) -> Outcome:
         batch: PriceBatch = run.message
         if run.cursor >= len(batch.ids):
