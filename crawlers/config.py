@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scrapy.utils.conf import closest_scrapy_cfg
 
 from crawlers.models.redaction import DEFAULT_REDACTOR, Redactor
+from crawlers.models.regions import DEFAULT_REGION, Region, parse_regions
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -123,7 +124,60 @@ class HydraConfig(BaseModel):
     )
     region: str = Field(
         "default",
-        description="Region this worker runs as; stamped on every item.",
+        description="Region this worker runs as; stamped on every item. A region other than "
+        "`default` consumes its own queue, `HYDRA_PRICES_QUEUE_KEY:<region>`, and fetches "
+        "through the region's `egress` proxy from `HYDRA_REGIONS`.",
+    )
+    regions: list[Region] = Field(
+        default_factory=list,
+        description="Seed 000's regions: inline JSON or a JSON/YAML file path holding a list of "
+        '`{"name", "egress", "neighbours", "start", "scrapyd"}`. Empty: one implicit '
+        "`default` region (the plain prices queue) that is never quarantined.",
+    )
+    region_cooldown_seconds: float = Field(
+        300.0, gt=0, description="How long a region whose batch stopped stays quarantined."
+    )
+    max_active_regions: int = Field(
+        8, ge=1, description="At most this many regions have a worker at once."
+    )
+    events_key: str = Field(
+        "hydra:events",
+        description="Redis Stream on which price workers report stored, stopped and failed "
+        "batches to the controller.",
+    )
+    events_max_length: int = Field(
+        1_000_000, ge=1000, description="Approximate cap on the length of the event stream."
+    )
+    controller_bind: str = Field(
+        "127.0.0.1:6810", description="host:port the `scrapy controller` API listens on."
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Comma-separated keys accepted in `X-API-Key` by the controller API "
+        "(required: without any key the controller refuses to start). Never logged.",
+    )
+    id_source: str = Field(
+        "",
+        description="Where a run without `ids` takes all IDs from, e.g. "
+        "`bigquery://project/dataset.table?column=tcg_id`.",
+    )
+    max_id_length: int = Field(64, ge=1, le=1024, description="Longest ID a run accepts.")
+    max_run_ids: int = Field(1_000_000, ge=1, description="Most IDs one run accepts.")
+    max_request_bytes: int = Field(
+        64 << 20, ge=1024, description="Largest request body the controller reads (413 above)."
+    )
+    worker_batch_size: int = Field(
+        100, ge=1, le=100_000, description="IDs per batch the dispatcher sends to a region."
+    )
+    dispatch_rate: float = Field(
+        50.0, gt=0, description="Batches per second the dispatcher publishes (staggered)."
+    )
+    scrapyd_project: str = Field(
+        "hydra", description="Scrapyd project that holds the `prices` spider on region nodes."
+    )
+    scrapyd_username: str = Field("", description="Scrapyd basic-auth user for region nodes.")
+    scrapyd_password: str = Field(
+        "", description="Scrapyd basic-auth password (from the environment; never logged)."
     )
     allowed_schemes: list[str] = Field(
         default_factory=lambda: ["http", "https"],
@@ -282,6 +336,7 @@ class HydraConfig(BaseModel):
         "allowed_schemes",
         "allowed_hosts",
         "secret_query_params",
+        "api_keys",
         mode="before",
     )
     @classmethod
@@ -311,6 +366,11 @@ class HydraConfig(BaseModel):
         if hasattr(value, "copy_to_dict"):  # a Scrapy BaseSettings
             return value.copy_to_dict()
         return value
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _load_regions(cls, value: Any) -> Any:
+        return parse_regions(value)
 
     @field_validator("allowed_schemes")
     @classmethod
@@ -375,7 +435,20 @@ class HydraConfig(BaseModel):
     def _redacted_value(field: str, value: Any) -> Any:
         if field == "redis_url" and isinstance(value, str):
             return DEFAULT_REDACTOR.url(value)
+        if field in ("api_keys", "scrapyd_password"):
+            return "***"
+        if field == "regions" and isinstance(value, str):
+            return DEFAULT_REDACTOR.text(value)
         return value
+
+    def region_named(self, name: str) -> Region | None:
+        return next((region for region in self.regions if region.name == name), None)
+
+    def region_queue_key(self, region: str) -> str:
+        """The queue a region's workers consume; ``default`` is the plain prices queue."""
+        if region == DEFAULT_REGION:
+            return self.prices_queue_key
+        return f"{self.prices_queue_key}:{region}"
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> HydraConfig:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from crawlers.extensions.task_ledger import Flushable
     from crawlers.sinks import Rejection
     from crawlers.tasks.base import Outcome, TaskKind, TaskRun
+    from crawlers.topics.events import EventStream
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Settlement:
     _flushables: list[Flushable]
     _changed: asyncio.Event
     _stopping: asyncio.Event
+    #: where runs report progress and outcomes (``None``: nobody listens, embedded)
+    events: EventStream | None
 
     def __init__(self) -> None:
         self._settle_lock = asyncio.Lock()
@@ -103,6 +106,12 @@ class Settlement:
             if final or self._stopping.is_set():
                 self._complete_exhausted()
             ready = [run for run in self.runs.values() if run.ackable]
+            # what this round's flush makes durable, to report before any ack
+            progress = {
+                run: run.settled_cursor
+                for run in self.runs.values()
+                if run.settled_cursor > run.reported_cursor
+            }
             resumable = self._checkpoint_candidates()
             dirty = any(flushable.dirty() for flushable in self._flushables)
             unstored = any(run.items_emitted > run.items_stored for run in ready)
@@ -118,6 +127,9 @@ class Settlement:
             if not flushed:  # only runs with nothing left to make durable are acked
                 ready = [run for run in ready if run.items_emitted <= run.items_stored]
                 resumable = {}
+                progress = {}
+            if not await self._publish_events(progress, ready):
+                return  # nothing is acked or checkpointed before its events are out
             acks = [
                 Acknowledgement(
                     run.lease_id,
@@ -141,6 +153,29 @@ class Settlement:
             if acks:
                 await self._acknowledge(queue, ready, acks)
             self._changed.set()
+
+    async def _publish_events(self, progress: dict[TaskRun, int], ready: list[TaskRun]) -> bool:
+        if self.events is None:
+            return True
+        messages: list[str] = []
+        try:
+            for run, through in progress.items():
+                messages.extend(run.kind.progress_events(run, through))
+        except Exception:
+            logger.exception("Task kind failed to describe its progress")
+        for run in ready:
+            messages.extend(run.outcome.events)
+        if messages:
+            try:
+                await self.events.publish(messages)
+            except Exception as exc:  # retried next round; the leases are still renewed
+                logger.warning("Publishing %d events failed (%s); retrying", len(messages), exc)
+                self.stats.inc_value("hydra/events/errors")
+                return False
+            self.stats.inc_value("hydra/events/published", len(messages))
+        for run, through in progress.items():
+            run.reported_cursor = through
+        return True
 
     async def _record_checkpoints(
         self, queue: TaskQueue, runs: list[TaskRun], checkpoints: list[Checkpoint]

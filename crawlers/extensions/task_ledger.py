@@ -33,6 +33,7 @@ from crawlers.extensions.settlement import Settlement
 from crawlers.models import DeadLetterEntry
 from crawlers.queues import TaskQueue, build_queue, new_worker_id
 from crawlers.tasks.base import Outcome, RunFailure, TaskKind, TaskRun
+from crawlers.topics.events import EventStream
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -73,6 +74,7 @@ class TaskLedger(Intake, Settlement):
         #: id(item) -> run, for items whose response does not say (start() items)
         self._item_owner: dict[int, TaskRun] = {}
         self._flushables: list[Flushable] = []
+        self.events: EventStream | None = None
         self._changed = asyncio.Event()
         self._settle_now = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -125,6 +127,11 @@ class TaskLedger(Intake, Settlement):
         )
         await queue.open()  # no network I/O: a server that is away shows in the loops
         self.queue = queue
+        self.kind.worker_id = self.worker_id
+        if queue.shared and self.config.redis_url:
+            events = EventStream.from_crawler(self.crawler)
+            await events.open()
+            self.events = events
         self.deadletter_location = self.queue.describe_deadletter()
         logger.info(
             "Hydra worker %s consuming %s; dead letters go to %s",
@@ -155,6 +162,8 @@ class TaskLedger(Intake, Settlement):
                     self.fail_worker("shutdown_error")
             self._check_outcome()
             await self.queue.close()
+            if self.events is not None:
+                await self.events.close()
         finally:
             self._closed.set()
 

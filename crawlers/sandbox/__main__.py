@@ -20,6 +20,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the 429 sequence")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--fail-ids", default="", help="comma-separated ids that always get 503")
+    parser.add_argument(
+        "--block-region",
+        action="append",
+        default=[],
+        metavar="NAME=K",
+        help="answer 403 to the region's proxy after K requests (repeatable)",
+    )
     parser.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--ssl-keyfile", help="...and this private key (PEM)")
     return parser.parse_args(argv)
@@ -33,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         delay_seconds=args.delay,
         fail_ids=fail_ids,
+        block_regions={
+            name: int(count) for name, _, count in (x.partition("=") for x in args.block_region)
+        },
     )
     uvicorn.run(
         app,

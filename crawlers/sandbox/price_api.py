@@ -21,6 +21,7 @@ _JSON = "application/json"
 _RATE_LIMITED = json.dumps({"error": "rate limited"}).encode()
 _UNAVAILABLE = json.dumps({"error": "unavailable"}).encode()
 _RETRY_AFTER = {"Retry-After": "1"}
+_BLOCKED = json.dumps({"error": "your region is blocked"}).encode()
 
 
 @dataclass
@@ -31,6 +32,7 @@ class SandboxStats:
     refused: int = 0
     failed: int = 0
     per_id: Counter[str] = field(default_factory=Counter)
+    per_region: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -38,11 +40,13 @@ class SandboxStats:
             "refused": self.refused,
             "failed": self.failed,
             "per_id": dict(self.per_id),
+            "per_region": dict(self.per_region),
         }
 
     def reset(self) -> None:
         self.requests = self.refused = self.failed = 0
         self.per_id.clear()
+        self.per_region.clear()
 
 
 def price_for(price_id: str) -> float:
@@ -58,6 +62,7 @@ def create_app(
     seed: int = 0,
     delay_seconds: float = 0.0,
     fail_ids: frozenset[str] = frozenset(),
+    block_regions: dict[str, int] | None = None,
 ) -> FastAPI:
     """Build the app; one seeded RNG per app keeps the sequence of 429s reproducible."""
     if not 0.0 <= refuse_rate <= 1.0:
@@ -68,10 +73,20 @@ def create_app(
     rng = random.Random(seed)
     stats = SandboxStats()
     app.state.stats = stats
+    #: region -> requests it may still make before it is blocked (403, like an IP ban)
+    allowance = dict(block_regions or {})
 
     async def price(request: Request) -> Response:
         price_id: str = request.path_params["price_id"]
         stats.requests += 1
+        if allowance:
+            region = request.headers.get("x-hydra-region", "")
+            stats.per_region[region] += 1
+            if region in allowance:
+                if allowance[region] <= 0:
+                    stats.refused += 1
+                    return Response(_BLOCKED, status_code=403, media_type=_JSON)
+                allowance[region] -= 1
         stats.per_id[price_id] += 1
         if delay_seconds > 0:
             await asyncio.sleep(delay_seconds)

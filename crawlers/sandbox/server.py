@@ -43,7 +43,9 @@ class SandboxServer:
         fail_ids: frozenset[str] = frozenset(),
         port: int | None = None,
         tls: bool = False,
+        block_regions: dict[str, int] | None = None,
     ) -> None:
+        self.block_regions = dict(block_regions or {})
         self.refuse_rate = refuse_rate
         self.seed = seed
         self.delay_seconds = delay_seconds
@@ -90,6 +92,8 @@ class SandboxServer:
         cmd += ["--port", str(self._port), "--refuse-rate", repr(self.refuse_rate)]
         cmd += ["--seed", str(self.seed), "--delay", repr(self.delay_seconds)]
         cmd += ["--fail-ids", ",".join(sorted(self.fail_ids))]
+        for name, count in self.block_regions.items():
+            cmd += ["--block-region", f"{name}={count}"]
         if self.tls:
             cmd += self._certificate_options()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()

@@ -55,6 +55,9 @@ class Outcome:
 
     requeue: list[Requeue] = field(default_factory=list)
     deadletter: list[str] = field(default_factory=list)
+    #: messages for the event stream, published once the run's rows are durable and
+    #: before its ack (so at least once)
+    events: list[str] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -84,6 +87,8 @@ class TaskRun:
     #: ``cursor`` as it was the last time no item of the run was in the pipelines: what
     #: the next flush makes durable, so what a checkpoint may resume after
     settled_cursor: int = 0
+    #: ``settled_cursor`` as last reported on the event stream
+    reported_cursor: int = 0
     #: payload last recorded as the resume point (``None``: the original)
     checkpointed: str | None = None
     #: dead letters (rejected rows) waiting for the next checkpoint or the ack
@@ -108,6 +113,8 @@ class TaskKind:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.config = HydraConfig.from_crawler(crawler)
+        #: the consuming worker's id (set by the ledger), named in events
+        self.worker_id = ""
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> TaskKind:
@@ -142,6 +149,11 @@ class TaskKind:
         reached its end), even if a request of it is still outstanding: at shutdown the
         run is acked rather than given back from an older checkpoint."""
         return False
+
+    def progress_events(self, run: TaskRun, through: int) -> list[str]:
+        """Event-stream messages for what a flush made durable: the progress of ``run``
+        from ``run.reported_cursor`` up to the settled cursor ``through``."""
+        return []
 
     def on_complete(self, run: TaskRun) -> Outcome:
         """The run has no outstanding requests and its spider is done with it."""

@@ -20,6 +20,7 @@ from w3lib.url import safe_url_string
 
 from crawlers.items import PriceItem
 from crawlers.models import PriceBatch
+from crawlers.models.run_events import RunEvent, RunEventType
 from crawlers.queues.base import Requeue
 from crawlers.tasks.base import InvalidMessage, Outcome, RunFailure, TaskKind, TaskRun
 from crawlers.urlpolicy import UrlPolicy
@@ -39,9 +40,12 @@ class PriceBatchKind(TaskKind):
         super().__init__(crawler)
         self.policy = UrlPolicy.from_config(self.config)
         self.ok_statuses = sorted(set(self.config.batch_ok_statuses))
+        region = self.config.region_named(self.config.region)
+        #: the region's egress proxy: every request goes out through it
+        self.egress = region.egress if region is not None else None
 
     def queue_key(self) -> str:
-        return self.config.prices_queue_key
+        return self.config.region_queue_key(self.config.region)
 
     def parse(self, payload: str) -> PriceBatch:
         batch = PriceBatch.model_validate_json(payload)
@@ -97,6 +101,7 @@ class PriceBatchKind(TaskKind):
                 "dont_redirect": True,
                 # statuses listed as OK reach a callback even outside 2xx
                 "handle_httpstatus_list": self.ok_statuses,
+                **({"proxy": self.egress} if self.egress else {}),
             },
         )
 
@@ -156,16 +161,36 @@ class PriceBatchKind(TaskKind):
         payload = remainder.model_dump_json(exclude_none=True)
         self._inc("hydra/prices/batches_stopped")
         self._inc(f"hydra/prices/stopped/{failure.reason}")
+        stopped = self._event(run, "stopped", remainder=len(remainder.ids), reason=reason)
         if failure.permanent or remainder.attempt >= self.config.batch_max_attempts:
             self._inc("hydra/prices/ids_deadlettered", len(remainder.ids))
             why: DeadLetterReason = "max_attempts"
             if failure.reason == "forbidden_url":
                 why = "forbidden_url"
             entry = self.dead_letter(run, why, reason, payload)
-            return Outcome(deadletter=[entry])
+            failed = self._event(run, "failed", ids=remainder.ids, reason=reason)
+            return Outcome(deadletter=[entry], events=[stopped, failed])
         self._inc("hydra/prices/ids_requeued", len(remainder.ids))
         delay = self.retry_delay(remainder.attempt, failure.retry_after)
-        return Outcome(requeue=[Requeue(payload, delay)])
+        return Outcome(requeue=[Requeue(payload, delay)], events=[stopped])
+
+    def progress_events(self, run: TaskRun, through: int) -> list[str]:
+        batch: PriceBatch = run.message
+        ids = batch.ids[run.reported_cursor : through]
+        return [self._event(run, "stored", ids=ids)] if ids else []
+
+    def _event(self, run: TaskRun, type_: RunEventType, **fields: Any) -> str:
+        batch: PriceBatch = run.message
+        event = RunEvent(
+            type=type_,
+            run_id=batch.run_id,
+            batch_id=batch.batch_id,
+            region=self.config.region,
+            attempt=batch.attempt,
+            worker=self.worker_id,
+            **{k: v[:2048] if k == "reason" else v for k, v in fields.items()},
+        )
+        return event.model_dump_json(exclude_none=True)
 
     def row_key(self, item: Any) -> str | None:
         if isinstance(item, PriceItem):
