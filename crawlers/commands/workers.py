@@ -36,13 +36,15 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def per_process_path(path: str, index: int) -> str:
-    """``out/prices.jsonl`` -> ``out/prices.p1.jsonl``."""
+def per_process_path(path: str, index: int | str) -> str:
+    """``out/prices.jsonl`` -> ``out/prices.p1.jsonl`` (``index`` 1; a region name
+    ``eu`` gives ``out/prices.eu.jsonl``)."""
     posix = PurePosixPath(path)
-    return str(posix.with_name(f"{posix.stem}.p{index}{posix.suffix}"))
+    tag = f"p{index}" if isinstance(index, int) else index
+    return str(posix.with_name(f"{posix.stem}.{tag}{posix.suffix}"))
 
 
-def per_process_sink(uri: str, index: int) -> str:
+def per_process_sink(uri: str, index: int | str) -> str:
     """File sinks get a file per process; other sinks (a warehouse) are shared."""
     prefix = "jsonl://"
     if urlsplit(uri).scheme != "jsonl" or not uri.startswith(prefix):

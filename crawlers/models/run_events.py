@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RunEventType = Literal["stored", "stopped", "failed"]
+RunEventType = Literal["stored", "done", "stopped", "failed"]
 
 
 class RunEvent(BaseModel):

@@ -140,7 +140,7 @@ class PriceBatchKind(TaskKind):
         batch: PriceBatch = run.message
         if run.cursor >= len(batch.ids):
             self._inc("hydra/prices/batches_completed")
-            return Outcome()
+            return Outcome(events=[self._event(run, "done")])
         # the chain of requests ended early (a request dropped, a callback that
         # yielded nothing): the IDs not fetched go back like after a failure
         detail = f"request chain ended after {run.cursor} of {len(batch.ids)} IDs"

@@ -1,0 +1,1 @@
+"""Long-running processes that are not spiders; each is a ``scrapy <command>``."""
