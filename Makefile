@@ -26,11 +26,40 @@ $(STAMPS)/venv: pyproject.toml
 	@$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+# The BigQuery emulator the tests start (tests/bqfixtures.py): local-bigquery needs
+# Python >= 3.13, so it gets its own venv. Python 3.13/3.14 is taken from PATH, else from
+# pyenv's versions; without one this fails (no fallback: the other emulator on PyPI,
+# bqemulator, has no insertId dedup and would make the dedup tests meaningless).
+# DuckDB cannot download its extensions here: they come as wheels, pinned to duckdb 1.5.5.
+BQEMU := .bqemu
+BQEMU_PACKAGES := local-bigquery==0.3.2 duckdb==1.5.5 duckdb-extensions==1.5.5 \
+	duckdb-extension-ducklake==1.5.5 duckdb-extension-icu==1.5.5 duckdb-extension-spatial==1.5.5
+$(STAMPS)/bqemulator:
+	@mkdir -p $(STAMPS)
+	@py=; for candidate in $$(command -v python3.13 python3.14 2>/dev/null) \
+		$$(ls -d "$$(pyenv root 2>/dev/null)"/versions/3.1[34]*/bin/python 2>/dev/null); do \
+		if "$$candidate" -c 'import sys; assert sys.version_info >= (3, 13)' 2>/dev/null; then \
+			py=$$candidate; break; fi; \
+	done; \
+	if [ -z "$$py" ]; then \
+		echo "The BigQuery emulator (local-bigquery) needs Python >= 3.13: none on PATH or" \
+			"under pyenv. Install one (e.g. pyenv install 3.13) and run make again." >&2; \
+		exit 1; \
+	fi; \
+	echo "BigQuery emulator venv $(BQEMU) with $$py"; \
+	rm -rf $(BQEMU) && "$$py" -m venv $(BQEMU) && \
+	$(BQEMU)/bin/python -m pip install -q --upgrade pip && \
+	$(BQEMU)/bin/python -m pip install -q $(BQEMU_PACKAGES)
+	@home=$$(mktemp -d) && HOME=$$home $(BQEMU)/bin/python -c 'import duckdb_extensions as d; \
+		[d.import_extension(n) for n in ("ducklake", "icu", "spatial")]'; \
+		status=$$?; rm -rf "$$home"; exit $$status
+	@touch $@
+
 # The main job on embedded defaults: sandbox price API + `prices` spider, no Redis needed.
 demo: $(STAMPS)/venv
 	$(PY) -m crawlers.demo
 
-test: $(STAMPS)/venv $(STAMPS)/system lint typecheck
+test: $(STAMPS)/venv $(STAMPS)/system $(STAMPS)/bqemulator lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMPS)/venv

@@ -254,6 +254,12 @@ class HydraConfig(BaseModel):
     s3_endpoint_url: str = Field(
         "", description="S3-compatible endpoint of the `s3://` store (empty: AWS)."
     )
+    bigquery_endpoint: str = Field(
+        "",
+        description="BigQuery API endpoint of the `bigquery://project/dataset.table` sinks, "
+        "e.g. an emulator's `http://127.0.0.1:9050`, reached with anonymous credentials. "
+        "Empty: Google's API with Application Default Credentials.",
+    )
     parsers_topic: str = Field(
         "hydra:parsers",
         description="Topic (Redis Stream; embedded: JSON-lines file) that gets one message "
@@ -299,7 +305,10 @@ class HydraConfig(BaseModel):
         default_factory=dict, description="Task kinds added to `HYDRA_TASK_KINDS_BASE`."
     )
     sink_schemes_base: dict[str, str] = Field(
-        default_factory=lambda: {"jsonl": "crawlers.sinks.jsonl.JsonLinesSink"},
+        default_factory=lambda: {
+            "jsonl": "crawlers.sinks.jsonl.JsonLinesSink",
+            "bigquery": "crawlers.sinks.bigquery.BigQuerySink",
+        },
         description="Sink backends by URI scheme: scheme -> class path.",
     )
     sink_schemes: dict[str, str | None] = Field(

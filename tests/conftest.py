@@ -18,7 +18,7 @@ from tests.servers import RedisServer
 ROOT = Path(__file__).resolve().parent.parent
 
 #: real servers for the fetch tasks: PostgreSQL, FTP, moto's S3
-pytest_plugins = ["tests.dbfixtures", "tests.ftpfixtures", "tests.s3fixtures"]
+pytest_plugins = ["tests.dbfixtures", "tests.ftpfixtures", "tests.s3fixtures", "tests.bqfixtures"]
 
 
 @pytest.fixture(autouse=True)
