@@ -38,6 +38,7 @@ import time
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -271,8 +272,11 @@ class BigQuerySink:
     async def write(self, rows: Sequence[Row]) -> None:
         for row in rows:
             try:
-                payload = {name: self._cell(name, value) for name, value in row.data.items()}
-                size = len(json.dumps(payload, ensure_ascii=False, allow_nan=False))
+                payload: dict[str, Any] = {}
+                size = 2  # the request's bytes for this row: {"json": {...}}, ASCII-escaped
+                for name, value in row.data.items():
+                    cell = payload[name] = self._cell(name, value)
+                    size += len(name) + 4 + _json_size(cell)
             except (TypeError, ValueError, RecursionError) as exc:
                 self._rejected.append(Rejection(row, f"not serialisable as JSON: {exc}"))
                 continue
@@ -286,13 +290,12 @@ class BigQuerySink:
             self._pending.append(_Pending(row, payload, insert_id(row.key), size))
 
     def _cell(self, name: str, value: Any) -> Any:
-        """A value as insertAll takes it for its column's type."""
+        """A value as insertAll takes it for its column's type: JSON-native, finite."""
         if value is None:
             return None
-        kind = self.columns.get(name)
-        if kind == "JSON":
+        if self.columns.get(name) == "JSON":
             return json.dumps(value, ensure_ascii=False, allow_nan=False, default=str)
-        if isinstance(value, str | bool | int):
+        if type(value) in _NATIVE or isinstance(value, str | bool | int):
             return value
         if isinstance(value, float):
             if math.isfinite(value):
@@ -441,6 +444,21 @@ class BigQuerySink:
     @property
     def pending_rows(self) -> int:
         return len(self._pending)
+
+
+_NATIVE = (str, int, bool)
+
+
+def _json_size(cell: Any) -> int:
+    """Bytes of ``cell`` in the client's request body (``json.dumps``, ASCII-escaped);
+    raises for what that cannot encode (NaN in a nested value, a set...)."""
+    if type(cell) is str:
+        return len(encode_basestring_ascii(cell))
+    if cell is None or type(cell) is bool:
+        return 5
+    if type(cell) is int or type(cell) is float:
+        return len(repr(cell))
+    return len(json.dumps(cell, allow_nan=False))
 
 
 def _row_error(errors: Sequence[Mapping[str, Any]]) -> str:

@@ -164,6 +164,29 @@ def test_rows_bigquery_refuses_come_back_and_the_rest_is_stored(
     assert sorted(row["id"] for row in stored(client, dataset)) == ["1", "2"]
 
 
+def test_requests_keep_to_the_byte_budget_and_long_keys_still_dedup(
+    bigquery_emulator: BigQueryEmulator, client: bigquery.Client, dataset: str
+) -> None:
+    sink = sink_for(bigquery_emulator, dataset, batch_bytes=4096)
+    long_id = "x" * 300  # a key of over 128 characters becomes its SHA-256
+    rows = [price_row(str(n), data={"blob": "é" * 200}) for n in range(20)]
+    too_big = price_row("huge", data={"blob": "y" * 5000})
+
+    async def scenario() -> list[Rejection]:
+        await sink.open()
+        await sink.write([*rows, too_big, price_row(long_id)])
+        rejected = await sink.flush()
+        await sink.write([price_row(long_id)])
+        rejected += await sink.flush()
+        await sink.close()
+        return rejected
+
+    (rejection,) = asyncio.run(scenario())
+    assert rejection.row is too_big and "exceeds batch_bytes=4096" in rejection.error
+    ids = sorted(row["id"] for row in stored(client, dataset))
+    assert ids == sorted([str(n) for n in range(20)] + [long_id])
+
+
 def test_a_missing_dataset_is_named(bigquery_emulator: BigQueryEmulator) -> None:
     sink = sink_for(bigquery_emulator, "no_such_dataset")
     with pytest.raises(SinkError, match=r"dataset test-proj\.no_such_dataset does not exist"):
