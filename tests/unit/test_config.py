@@ -47,7 +47,8 @@ def test_registries_merge_with_their_base() -> None:
         "fetch_task": "crawlers.tasks.fetch_tasks.FetchTaskKind",
         "fetch": "x.Fetch",
     }
-    assert config.registry("sink_schemes") == {}  # None removes a base entry
+    # None removes a base entry
+    assert config.registry("sink_schemes") == {"bigquery": "crawlers.sinks.bigquery.BigQuerySink"}
 
 
 def test_unknown_setting_is_an_error_with_a_suggestion() -> None:
