@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -140,14 +141,17 @@ def main() -> None:
     home = prepare_duckdb_home(workdir / "home")
     results: dict[str, list[float]] = {"sink": [], "sink serial": [], "direct": []}
     rows = price_rows(args.rows, run_id="bench")
-    for round_number in range(args.rounds):
-        variants = list(results)
-        shift = round_number % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            emulator = BigQueryEmulator(workdir / f"{round_number}-{variant}", home)
-            rate = measure(variant, emulator, rows, args.batch_rows)
-            results[variant].append(rate)
-            print(f"round {round_number + 1} {variant:>11}: {rate:7.0f} rows/s")
+    try:
+        for round_number in range(args.rounds):
+            variants = list(results)
+            shift = round_number % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                emulator = BigQueryEmulator(workdir / f"{round_number}-{variant}", home)
+                rate = measure(variant, emulator, rows, args.batch_rows)
+                results[variant].append(rate)
+                print(f"round {round_number + 1} {variant:>11}: {rate:7.0f} rows/s")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     report(results, args)
 
 
