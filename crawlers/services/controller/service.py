@@ -92,7 +92,9 @@ class Controller:
         assert self.client is not None
         loops: list[asyncio.Task[None]] = []
         try:
-            while True:
+            # the stop flag, not only cancellation: a cancel that lands while redis-py
+            # connects can be swallowed, and this loop must still end
+            while not self._stopping.is_set():
                 try:
                     held = bool(
                         await self._renew_leader(keys=[LEADER_KEY], args=[self.id, _LEADER_TTL_MS])
@@ -115,14 +117,15 @@ class Controller:
                     for loop in loops:
                         loop.cancel()
                     loops = []
-                await asyncio.sleep(_LEADER_TTL_MS / 3000)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), _LEADER_TTL_MS / 3000)
         finally:
             for loop in loops:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await job()
             except asyncio.CancelledError:
