@@ -149,7 +149,8 @@ def test_events_count_each_id_once_and_finish_the_run(
     run = _wait(lambda: (r := api.get(f"/runs/{run_id}").json())["status"] == "finished" and r)
     assert (run["succeeded"], run["failed"], run["pending"]) == (4, 0, 0)
     assert run["regions"]["default"]["stored"] == 4
-    assert redis_client.xpending(stream, "hydra-controller")["pending"] == 0  # all acked
+    _wait(lambda: redis_client.xpending(stream, "hydra-controller")["pending"] == 0)  # all acked
+    assert api.get(f"/runs/{run_id}").json()["succeeded"] == 4  # the late failure changed nothing
 
 
 def test_the_default_region_is_never_quarantined(
@@ -186,3 +187,40 @@ def test_fuzzed_bodies_never_cause_a_500(api: TestClient, body: bytes, content_t
     assert answer.status_code in (202, 413, 422), (answer.status_code, answer.text)
     if answer.status_code == 422:
         assert isinstance(answer.json()["detail"], str | list)
+
+
+def test_a_run_without_ids_takes_every_id_of_the_warehouse(
+    redis_server: RedisServer, redis_client: redis.Redis, bigquery_emulator: Any
+) -> None:
+    import uuid
+
+    bq = bigquery_emulator.client()
+    table = f"{bigquery_emulator.project}.ids_{uuid.uuid4().hex[:8]}.catalog"
+    bq.create_dataset(table.rsplit(".", 1)[0])
+    bq.query(
+        f"CREATE TABLE `{table}` AS SELECT CAST(n AS STRING) AS tcg_id "
+        "FROM UNNEST(GENERATE_ARRAY(1, 2500)) AS n"
+    ).result()
+    bq.close()
+    config = HydraConfig.from_settings(
+        Settings(
+            {
+                "HYDRA_REDIS_URL": redis_server.url,
+                "HYDRA_API_KEYS": KEY,
+                "HYDRA_ID_SOURCE": f"bigquery://{table.replace('.', '/', 1)}?column=tcg_id",
+                "HYDRA_BIGQUERY_ENDPOINT": bigquery_emulator.endpoint,
+            }
+        )
+    )
+    with TestClient(create_app(config, Controller(config))) as client:
+        answer = client.post("/runs", headers={"X-API-Key": KEY})
+        assert answer.status_code == 202, answer.text
+        assert (answer.json()["ids"], answer.json()["batches"]) == (2500, 25)
+        run_id = answer.json()["run_id"]
+        _wait(lambda: redis_client.llen("hydra:prices:batches") == 25)
+    ids = set()
+    for raw in redis_client.lrange("hydra:prices:batches", 0, -1):
+        batch = json.loads(raw)
+        assert batch["run_id"] == run_id
+        ids.update(batch["ids"])
+    assert ids == {str(n) for n in range(1, 2501)}

@@ -73,7 +73,10 @@ class Controller:
         self._tasks = [asyncio.ensure_future(self._lead())]
 
     async def stop(self) -> None:
+        """Let the loops finish their round (a dispatch in flight is acked), then stop."""
         self._stopping.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -120,6 +123,8 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), _LEADER_TTL_MS / 3000)
         finally:
+            if loops:  # they end on the stop flag after their current round
+                await asyncio.wait(loops, timeout=4.0)
             for loop in loops:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
