@@ -56,7 +56,7 @@ $(STAMPS)/bqemulator:
 	@touch $@
 
 # The main job on embedded defaults: sandbox price API + `prices` spider, no Redis needed.
-demo: $(STAMPS)/venv
+demo: $(STAMPS)/venv $(STAMPS)/system
 	$(PY) -m crawlers.demo
 
 test: $(STAMPS)/venv $(STAMPS)/system $(STAMPS)/bqemulator lint typecheck

@@ -3,7 +3,8 @@
 Starts the sandbox price API (which refuses some requests with 429), runs the
 ``prices`` spider over a few hundred IDs in embedded mode (in-process queue,
 JSON-lines output), then checks the books: every ID asked is either stored or
-dead-lettered. Then seed 003: a local FTP server, and the same channel fetched
+dead-lettered. Then seed 000's hydra (``crawlers/demo_hydra.py``): a controller,
+four sandbox regions, one banned midway and replaced by two neighbours. Then seed 003: a local FTP server, and the same channel fetched
 twice by ``scrapy crawl ftp`` (SQLite state, a local store, JSON-lines topics):
 the second job stores nothing new.
 """
@@ -18,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from crawlers.demo_hydra import run_hydra_demo
 from crawlers.sandbox import SandboxServer
 from crawlers.sandbox.ftp import FtpSandbox
 
@@ -141,9 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ids", type=int, default=300, help="how many price IDs to fetch")
     parser.add_argument("--refuse-rate", type=float, default=0.03, help="sandbox 429 share")
+    parser.add_argument("--hydra-ids", type=int, default=3000, help="IDs of the hydra run")
     parser.add_argument("--output", type=Path, default=ROOT / "output" / "demo")
     args = parser.parse_args(argv)
     code = run_demo(args.ids, args.refuse_rate, args.output)
+    code = code or run_hydra_demo(args.hydra_ids, args.output)
     sys.exit(code or run_fetch_demo(args.output))
 
 
