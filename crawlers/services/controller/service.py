@@ -51,10 +51,16 @@ return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 
 
 class Controller:
-    def __init__(self, config: HydraConfig, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: HydraConfig,
+        env: dict[str, str] | None = None,
+        launchers: Launchers | None = None,
+    ) -> None:
         self.config = config
         self.id = new_worker_id()
         self.env = env
+        self._launchers = launchers
         self.client: redis.asyncio.Redis | None = None
         self.leader = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -68,7 +74,7 @@ class Controller:
         self.book = RegionBook(self.client, self.config.regions)
         self.dispatcher = Dispatcher(self.config, [r.name for r in self.book.regions], self.id)
         await self.dispatcher.open()
-        self.launchers = Launchers(self.config, self.env)
+        self.launchers = self._launchers or Launchers(self.config, self.env)
         self._renew_leader = self.client.register_script(_RENEW_LEADER)
         self._tasks = [asyncio.ensure_future(self._lead())]
 
