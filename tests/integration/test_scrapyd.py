@@ -8,7 +8,9 @@ The egg is built from a copy of the project, since `setup.py bdist_egg` leaves b
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import inspect
 import json
 import os
 import secrets
@@ -19,15 +21,21 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import pytest
+import redis
+from scrapy.settings import Settings
 
+from crawlers.config import HydraConfig
+from crawlers.models.regions import Region
+from crawlers.services.controller.launchers import ScrapydLauncher
 from tests.conftest import read_jsonl, read_summary
-from tests.servers import free_port, wait_for
+from tests.servers import RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +45,13 @@ USERNAME = "hydra"
 START_TIMEOUT = 30.0
 JOB_TIMEOUT = 90.0
 EGG_MARKER = 59.5  # LOGSTATS_INTERVAL in the deployed copy's settings (Scrapy's default: 60.0)
+REGION = "eu"
+BATCHES = f"hydra:prices:batches:{REGION}"  # the region's queue
+LEASES = f"{{{BATCHES}}}:leases"  # its leased messages
+HELD = f"{{{BATCHES}}}:held"  # their payloads
+READY = f"{{{BATCHES}}}:ready"  # messages given back, served before BATCHES
+EVENTS = "hydra:events"
+ROWS = "rows.jsonl"  # in the regional Scrapyd's working dir
 
 
 def tool(name: str) -> str:
@@ -118,6 +133,22 @@ class Scrapyd:
     def job_log(self, jobid: str, spider: str = "prices") -> str:
         return tail(self.workdir / "logs" / PROJECT / spider / f"{jobid}.log")
 
+    def jobs(self) -> dict[str, Any]:
+        """listjobs.json of the project."""
+        status, jobs = self.request("listjobs.json", query={"project": PROJECT})
+        assert status == 200 and jobs.get("status") == "ok", jobs
+        return jobs
+
+    def kill_jobs(self) -> None:
+        """SIGKILL every pending or running job: one left behind would outlive Scrapyd."""
+        status, jobs = self.request("listjobs.json", query={"project": PROJECT})
+        if status != 200 or jobs.get("status") != "ok":
+            return
+        for job in jobs["pending"] + jobs["running"]:
+            self.request(
+                "cancel.json", [("project", PROJECT), ("job", job["id"]), ("signal", "KILL")]
+            )
+
     def server_log(self) -> str:
         self.output.flush()
         return tail(self.log_path, 3000)
@@ -133,13 +164,15 @@ class Scrapyd:
         self.output.close()
 
 
-@pytest.fixture(scope="module")
-def scrapyd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapyd]:
-    workdir = tmp_path_factory.mktemp("scrapyd")
+def start_scrapyd(workdir: Path, **environment: str) -> Scrapyd:
+    """A Scrapyd run from ``workdir`` (given a copy of scrapyd/scrapyd.conf), once it answers.
+
+    ``environment`` is added to its clean environment, which its jobs inherit.
+    """
     shutil.copy(ROOT / "scrapyd" / "scrapyd.conf", workdir / "scrapyd.conf")
     port = free_port()
     password = secrets.token_urlsafe(16)
-    env = clean_env(SCRAPYD_HTTP_PORT=str(port), SCRAPYD_PASSWORD=password)
+    env = clean_env(SCRAPYD_HTTP_PORT=str(port), SCRAPYD_PASSWORD=password, **environment)
     output = (workdir / "scrapyd.out").open("wb")
     process = subprocess.Popen(
         [tool("scrapyd")],
@@ -150,16 +183,26 @@ def scrapyd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapyd]:
         stderr=subprocess.STDOUT,
     )
     server = Scrapyd(workdir, port, password, process, output)
+
+    def up() -> bool:
+        if process.poll() is not None:
+            log = server.server_log()
+            raise RuntimeError(f"scrapyd exited with {process.returncode}:\n{log}")
+        status, body = server.request("daemonstatus.json")
+        return status == 200 and body.get("status") == "ok"
+
     try:
-
-        def up() -> bool:
-            if process.poll() is not None:
-                log = server.server_log()
-                raise RuntimeError(f"scrapyd exited with {process.returncode}:\n{log}")
-            status, body = server.request("daemonstatus.json")
-            return status == 200 and body.get("status") == "ok"
-
         wait_for(up, START_TIMEOUT, "scrapyd")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def scrapyd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapyd]:
+    server = start_scrapyd(tmp_path_factory.mktemp("scrapyd"))
+    try:
         yield server
     finally:
         server.stop()
@@ -186,13 +229,12 @@ def project_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
-@pytest.fixture(scope="module")
-def deployed(scrapyd: Scrapyd, project_copy: Path) -> subprocess.CompletedProcess[str]:
-    """`scrapyd-deploy env` against the test's Scrapyd (run once, checked by the tests)."""
+def deploy(server: Scrapyd, project_copy: Path) -> subprocess.CompletedProcess[str]:
+    """`scrapyd-deploy env` of the project copy to ``server``."""
     env = clean_env(
-        HYDRA_SCRAPYD_URL=scrapyd.url,
+        HYDRA_SCRAPYD_URL=server.url,
         SCRAPYD_USERNAME=USERNAME,
-        SCRAPYD_PASSWORD=scrapyd.password,
+        SCRAPYD_PASSWORD=server.password,
     )
     return subprocess.run(
         [tool("scrapyd-deploy"), "env"],
@@ -204,6 +246,12 @@ def deployed(scrapyd: Scrapyd, project_copy: Path) -> subprocess.CompletedProces
         timeout=120,
         check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def deployed(scrapyd: Scrapyd, project_copy: Path) -> subprocess.CompletedProcess[str]:
+    """`scrapyd-deploy env` against the test's Scrapyd (run once, checked by the tests)."""
+    return deploy(scrapyd, project_copy)
 
 
 def assert_deployed(deployed: subprocess.CompletedProcess[str]) -> None:
@@ -296,3 +344,219 @@ def test_start_script_refuses_without_password(tmp_path: Path) -> None:
     assert process.returncode == 2, process.stderr
     assert "SCRAPYD_PASSWORD" in process.stderr
     assert process.stdout == ""
+
+
+# -- the controller's ScrapydLauncher against a region's node -----------------------------
+
+
+@pytest.fixture(scope="module")
+def regional_sandbox() -> Iterator[Any]:
+    from crawlers.sandbox import SandboxServer
+
+    with SandboxServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def slow_sandbox() -> Iterator[Any]:
+    """Answers after 2 s: a batch fetched from it is in flight when its worker stops."""
+    from crawlers.sandbox import SandboxServer
+
+    with SandboxServer(delay_seconds=2.0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def regional_scrapyd(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    regional_sandbox: Any,
+    project_copy: Path,
+) -> Iterator[Scrapyd]:
+    """A region's node: a Scrapyd whose own environment holds the worker's settings.
+
+    HYDRA_REDIS_URL among them, as on a real node, since the launcher passes jobs nothing
+    but HYDRA_REGION. Its jobs write their rows to ``<workdir>/rows.jsonl``.
+    """
+    workdir = tmp_path_factory.mktemp("regional-scrapyd")
+    server = start_scrapyd(
+        workdir,
+        HYDRA_REDIS_URL=redis_server.url,
+        HYDRA_PRICE_URL_TEMPLATE=regional_sandbox.url_template,
+        HYDRA_SINKS=f"jsonl://{workdir / ROWS}",
+        HYDRA_QUEUE_LEASE_SECONDS="3",
+        HYDRA_ACK_INTERVAL_SECONDS="0.2",
+    )
+    try:
+        assert_deployed(deploy(server, project_copy))
+        yield server
+    finally:
+        server.kill_jobs()  # a worker runs until stopped: never leave one behind
+        server.stop()
+
+
+def launcher_config(username: str, password: str) -> HydraConfig:
+    return HydraConfig.from_settings(
+        Settings(
+            {
+                "HYDRA_SCRAPYD_USERNAME": username,
+                "HYDRA_SCRAPYD_PASSWORD": password,
+                "HYDRA_SCRAPYD_PROJECT": PROJECT,
+            }
+        )
+    )
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    context: Callable[[], str],
+    timeout: float = JOB_TIMEOUT,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"not within {timeout:.0f} s: {what}\n{context()}")
+
+
+def stored_events(client: redis.Redis, run_id: str) -> list[dict[str, Any]]:
+    entries: list[tuple[str, dict[str, str]]] = client.xrange(EVENTS)  # type: ignore[assignment]
+    events = [json.loads(fields["event"]) for _, fields in entries]
+    return [event for event in events if event["type"] == "stored" and event["run_id"] == run_id]
+
+
+def test_scrapyd_launcher_starts_and_stops_a_regional_worker(
+    regional_scrapyd: Scrapyd,
+    slow_sandbox: Any,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+) -> None:
+    node = regional_scrapyd
+    run_id, ids = "r", ["1", "2", "3"]
+    config = launcher_config(USERNAME, node.password)
+    assert config.region_queue_key(REGION) == BATCHES
+    region = Region(name=REGION, scrapyd=node.url)
+    redis_client.rpush(BATCHES, json.dumps({"run_id": run_id, "batch_id": "b1", "ids": ids}))
+
+    async def scenario() -> str:
+        launcher = ScrapydLauncher(config)
+        try:
+            handle = await launcher.start(region)
+            assert handle["launcher"] == "scrapyd" and handle["node"] == node.url, handle
+            jobid = handle["job"]
+            assert isinstance(jobid, str) and jobid, handle
+
+            def context() -> str:
+                return (
+                    f"jobs: {node.jobs()}\njob log:\n{node.job_log(jobid)}\n"
+                    f"scrapyd log:\n{node.server_log()}"
+                )
+
+            await eventually(lambda: launcher.alive(handle), f"job {jobid} alive", context)
+
+            # the job consumed eu's queue with the node's Redis, sandbox and sink
+            def rows() -> list[dict[str, Any]]:
+                return [row for row in read_jsonl(node.workdir / ROWS) if row["run_id"] == run_id]
+
+            await eventually(lambda: len(rows()) >= len(ids), "the batch's rows stored", context)
+            assert sorted(row["id"] for row in rows()) == ids, rows()
+            assert {row["region"] for row in rows()} == {REGION}, rows()
+
+            def stored() -> set[str]:
+                return {i for event in stored_events(redis_client, run_id) for i in event["ids"]}
+
+            await eventually(lambda: stored() == set(ids), "`stored` events for 1,2,3", context)
+            events = stored_events(redis_client, run_id)
+            assert {event["region"] for event in events} == {REGION}, events
+
+            # the Redis URL reached the job through the node's environment, not as an argument
+            started = [
+                line
+                for line in node.log_path.read_text(encoding="utf-8").splitlines()
+                if "Process started:" in line and jobid in line
+            ]
+            assert len(started) == 1, context()
+            assert f"'HYDRA_REGION={REGION}'" in started[0], started[0]
+            settings_passed = [
+                word for word in started[0].replace("'", " ").split() if "HYDRA_" in word
+            ]
+            assert settings_passed == [f"HYDRA_REGION={REGION}"], started[0]
+            for shown in (started[0], json.dumps(node.jobs())):
+                assert redis_server.url not in shown and "redis://" not in shown, shown
+
+            # a second batch, still in flight (leased) when the worker is stopped
+            slow = {"run_id": run_id, "batch_id": "b2", "ids": ["4", "5"]}
+            slow["url_template"] = slow_sandbox.url_template
+            redis_client.rpush(BATCHES, json.dumps(slow))
+            await eventually(lambda: redis_client.zcard(LEASES) == 1, "b2 leased", context)
+
+            # a graceful stop: SIGINT through cancel.json
+            await launcher.stop(handle)
+
+            def finished() -> bool:
+                return any(job["id"] == jobid for job in node.jobs()["finished"])
+
+            await eventually(finished, f"job {jobid} finished after cancel.json", context)
+            assert not await launcher.alive(handle)
+            ended = [
+                line
+                for line in node.log_path.read_text(encoding="utf-8").splitlines()
+                if "Process " in line and jobid in line and "Process started:" not in line
+            ]
+            assert len(ended) == 1 and "Process finished:" in ended[0], context()
+            return node.job_log(jobid)
+        finally:
+            await launcher.close()
+
+    log = asyncio.run(scenario())
+    assert f"'LOGSTATS_INTERVAL': {EGG_MARKER!r}" in log, f"job did not run the egg\n{log}"
+    assert "Received SIGINT, shutting down gracefully" in log, log
+    assert "Spider closed (shutdown)" in log, log
+    assert "Received SIGINT twice" not in log, log
+    # nothing stays leased: b1 was acked; of b2, what was fetched (the answer in flight at
+    # SIGINT) was stored and the rest went back whole to the region's queue
+    assert redis_client.zcard(LEASES) == 0, redis_client.zrange(LEASES, 0, -1)
+    assert redis_client.hlen(HELD) == 0, redis_client.hgetall(HELD)
+    assert redis_client.llen(BATCHES) == 0
+    envelopes: list[str] = redis_client.lrange(READY, 0, -1)  # type: ignore[assignment]
+    given_back = [json.loads(envelope.split("\n", 2)[2]) for envelope in envelopes]
+    assert [batch["batch_id"] for batch in given_back] == ["b2"], given_back
+    rows = read_jsonl(regional_scrapyd.workdir / ROWS)
+    stored_b2 = [row["id"] for row in rows if row["batch_id"] == "b2"]
+    assert given_back[0]["ids"], f"b2 given back empty; stored: {stored_b2}"
+    assert stored_b2 + given_back[0]["ids"] == ["4", "5"], (stored_b2, given_back)
+    assert "given back at shutdown: 1)" in log, log
+
+
+@pytest.mark.parametrize(
+    ("username", "password"), [(USERNAME, "not-the-password"), ("", "")], ids=["wrong", "none"]
+)
+def test_scrapyd_launcher_refused_without_the_right_credentials(
+    regional_scrapyd: Scrapyd, username: str, password: str
+) -> None:
+    node = regional_scrapyd
+
+    def job_ids() -> set[str]:
+        jobs = node.jobs()
+        return {job["id"] for state in ("pending", "running", "finished") for job in jobs[state]}
+
+    before = job_ids()
+
+    async def start() -> httpx.HTTPStatusError:
+        launcher = ScrapydLauncher(launcher_config(username, password))
+        try:
+            with pytest.raises(httpx.HTTPStatusError) as raised:
+                await launcher.start(Region(name=REGION, scrapyd=node.url))
+            return raised.value
+        finally:
+            await launcher.close()
+
+    error = asyncio.run(start())
+    assert error.response.status_code == 401, error
+    assert error.request.url.path == "/schedule.json"
+    assert job_ids() == before
