@@ -55,7 +55,8 @@ $(STAMPS)/bqemulator:
 		status=$$?; rm -rf "$$home"; exit $$status
 	@touch $@
 
-# The main job on embedded defaults: sandbox price API + `prices` spider, no Redis needed.
+# The main jobs on embedded defaults, no external service: sandbox price API + `prices`
+# spider; the hydra (controller, regions) on a private redis-server; an FTP channel.
 demo: $(STAMPS)/venv $(STAMPS)/system
 	$(PY) -m crawlers.demo
 

@@ -12,6 +12,8 @@ from crawlers.models.deadletter import DeadLetterEntry
 from crawlers.models.fetch_messages import ParsersMessage, StatusMessage
 from crawlers.models.fetch_task import FETCH_TASK
 from crawlers.models.price_batch import PriceBatch
+from crawlers.models.regions import Region
+from crawlers.models.run_events import RunEvent
 from crawlers.models.validation import validation_error_text
 
 #: schema file name -> model, for the docs export
@@ -21,6 +23,8 @@ SCHEMAS: dict[str, TypeAdapter[object]] = {
     "deadletter_entry": TypeAdapter(DeadLetterEntry),
     "parsers_message": TypeAdapter(ParsersMessage),
     "status_message": TypeAdapter(StatusMessage),
+    "run_event": TypeAdapter(RunEvent),
+    "regions": TypeAdapter(list[Region]),
 }
 
 __all__ = [
@@ -29,6 +33,8 @@ __all__ = [
     "DeadLetterEntry",
     "ParsersMessage",
     "PriceBatch",
+    "Region",
+    "RunEvent",
     "StatusMessage",
     "validation_error_text",
 ]

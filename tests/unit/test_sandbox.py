@@ -73,9 +73,36 @@ def test_stats_count_per_id_and_reset(fresh: SandboxServer) -> None:
         "refused": 0,
         "failed": 1,
         "per_id": {"a": 2, "b": 1, "14": 1},
+        "per_region": {},
     }
     fresh.reset_stats()
-    assert fresh.stats() == {"requests": 0, "refused": 0, "failed": 0, "per_id": {}}
+    assert fresh.stats() == {
+        "requests": 0, "refused": 0, "failed": 0, "per_id": {}, "per_region": {}
+    }  # fmt: skip
+
+
+def test_a_region_is_banned_after_its_allowance_and_only_it() -> None:
+    from crawlers.sandbox.region_proxy import RegionProxies
+
+    with SandboxServer(block_regions={"eu": 2}) as server, RegionProxies(["eu", "us"]) as proxies:
+
+        def through(region: str, price_id: str) -> int:
+            handler = urllib.request.ProxyHandler({"http": proxies.egress(region)})
+            request = urllib.request.Request(
+                server.url_template.format(id=price_id), data=b"", method="POST"
+            )
+            try:
+                with urllib.request.build_opener(handler).open(request, timeout=5) as answer:
+                    return int(answer.status)
+            except urllib.error.HTTPError as error:
+                with error:
+                    return int(error.code)
+
+        assert [through("eu", str(n)) for n in range(4)] == [200, 200, 403, 403]
+        assert [through("us", str(n)) for n in range(3)] == [200, 200, 200]
+        assert post(server.url_template.format(id="direct"))[0] == 200  # no region: never banned
+        assert server.stats()["per_region"] == {"eu": 4, "us": 3, "": 1}
+        assert (proxies.requests("eu"), proxies.requests("us")) == (4, 3)
 
 
 def test_refuse_rate_one_gives_429() -> None:
