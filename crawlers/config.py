@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scrapy.utils.conf import closest_scrapy_cfg
 
 from crawlers.models.redaction import DEFAULT_REDACTOR, Redactor
-from crawlers.models.regions import DEFAULT_REGION, Region, parse_regions
+from crawlers.models.regions import DEFAULT_REGION, Region, check_region_name, parse_regions
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -380,6 +380,11 @@ class HydraConfig(BaseModel):
     @classmethod
     def _load_regions(cls, value: Any) -> Any:
         return parse_regions(value)
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, name: str) -> str:
+        return check_region_name(name)
 
     @field_validator("allowed_schemes")
     @classmethod

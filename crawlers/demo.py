@@ -4,9 +4,10 @@ Starts the sandbox price API (which refuses some requests with 429), runs the
 ``prices`` spider over a few hundred IDs in embedded mode (in-process queue,
 JSON-lines output), then checks the books: every ID asked is either stored or
 dead-lettered. Then seed 000's hydra (``crawlers/demo_hydra.py``): a controller,
-four sandbox regions, one banned midway and replaced by two neighbours. Then seed 003: a local FTP server, and the same channel fetched
-twice by ``scrapy crawl ftp`` (SQLite state, a local store, JSON-lines topics):
-the second job stores nothing new.
+four sandbox regions, one banned midway and replaced by two neighbours. Then seed
+003: a local FTP server, and the same channel fetched twice by ``scrapy crawl
+ftp`` (SQLite state, a local store, JSON-lines topics): the second job stores
+nothing new.
 """
 
 from __future__ import annotations

@@ -18,6 +18,13 @@ DEFAULT_REGION = "default"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def check_region_name(name: str) -> str:
+    """Region names end up in Redis keys and field names: plain characters only."""
+    if not _NAME.match(name):
+        raise ValueError("a region name is 1-64 letters, digits, '_', '.' or '-'")
+    return name
+
+
 class Region(BaseModel):
     """One region: a name, an egress proxy, its neighbours, where its worker runs."""
 
@@ -44,15 +51,20 @@ class Region(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
-        if not _NAME.match(name):
-            raise ValueError("a region name is 1-64 letters, digits, '_', '.' or '-'")
-        return name
+        return check_region_name(name)
 
     @field_validator("egress", "scrapyd")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
         if url is not None and not re.match(r"^https?://[^/\s]+/?$", url):
             raise ValueError("must be an http(s)://host:port URL")
+        return url
+
+    @field_validator("scrapyd")
+    @classmethod
+    def _no_credentials(cls, url: str | None) -> str | None:
+        if url is not None and "@" in url:  # shown in GET /regions: credentials come from
+            raise ValueError("no credentials in the URL: set HYDRA_SCRAPYD_USERNAME/PASSWORD")
         return url
 
 

@@ -188,7 +188,11 @@ class PriceBatchKind(TaskKind):
             region=self.config.region,
             attempt=batch.attempt,
             worker=self.worker_id,
-            **{k: v[:2048] if k == "reason" else v for k, v in fields.items()},
+            # a download error may quote a URL: no credentials on the stream
+            **{
+                k: self.config.redactor.text(v)[:2048] if k == "reason" else v
+                for k, v in fields.items()
+            },
         )
         return event.model_dump_json(exclude_none=True)
 

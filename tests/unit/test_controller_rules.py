@@ -117,9 +117,16 @@ def test_regions_setting_is_validated_and_the_first_starts_by_default() -> None:
         '[{"name": "e u"}]',
         '[{"name": "eu"}, {"name": "eu"}]',
         '[{"name": "eu", "egress": "file:///etc/passwd"}]',
+        '[{"name": "eu", "scrapyd": "http://admin:pw@node:6800"}]',
     ):
         with pytest.raises(HydraConfigError):
             _config(HYDRA_REGIONS=bad)
+
+
+@pytest.mark.parametrize("name", ["a:b", "", "x" * 65, "eu west", "{eu}"])
+def test_a_worker_region_name_is_plain(name: str) -> None:
+    with pytest.raises(HydraConfigError, match="HYDRA_REGION"):
+        _config(HYDRA_REGION=name)
 
 
 def test_regions_from_a_yaml_file(tmp_path: Path) -> None:

@@ -248,3 +248,23 @@ def test_a_failure_after_the_last_id_completes_the_batch() -> None:
     run.cursor = run.settled_cursor = 2  # every ID fetched; the deadline hit the tail
     ledger.fail(run, RunFailure("timeout", "run not finished within 600 s"))
     assert run.finished and run.outcome.requeue == [] and run.outcome.deadletter == []
+
+
+def test_events_report_progress_stops_and_failures_without_credentials() -> None:
+    _, _, ledger = price_crawler(HYDRA_REGION="eu-1", HYDRA_BATCH_MAX_ATTEMPTS=2)
+    kind = ledger.kind_named("price_batch")
+    run = batch_run(ledger, ["1", "2", "3", "4"])
+    run.reported_cursor = 1
+    (stored,) = (json.loads(e) for e in kind.progress_events(run, 3))
+    assert (stored["type"], stored["ids"], stored["region"]) == ("stored", ["2", "3"], "eu-1")
+    assert kind.progress_events(run, 1) == []  # nothing new: no event
+    detail = "Connection refused by http://user:s3cret@proxy.example:3128"
+    run.cursor = 3
+    outcome = kind.on_failure(run, RunFailure("download_error", detail))
+    (stopped,) = (json.loads(e) for e in outcome.events)
+    assert (stopped["type"], stopped["remainder"]) == ("stopped", 1)
+    assert "s3cret" not in stopped["reason"] and "proxy.example" in stopped["reason"]
+    last = batch_run(ledger, ["9"], attempt=1, lease_id="lease-2")
+    outcome = kind.on_failure(last, RunFailure("http_403", "HTTP 403"))
+    assert [json.loads(e)["type"] for e in outcome.events] == ["stopped", "failed"]
+    assert json.loads(outcome.events[1])["ids"] == ["9"]  # dead-lettered: failed for good

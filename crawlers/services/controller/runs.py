@@ -131,6 +131,8 @@ def _view(raw: dict[str, str]) -> dict[str, Any]:
         "pending": int(raw["pending"]),
         "batches": int(raw["batches"]),
         "dispatched": int(raw["dispatched"]),
+        # batch attempts so far: first dispatches and redispatched remainders
+        "attempts": int(raw["dispatched"]),
         "stops": int(raw["stops"]),
         "created_at": float(raw["created_at"]),
         "finished_at": float(raw["finished_at"]) if "finished_at" in raw else None,
