@@ -71,7 +71,10 @@ def test_distributed_worker_consumes_pushed_batches_and_dead_letters_bad_ones(
         for n in range(10)
     ]
     bad = ["{not json", json.dumps({"run_id": "r1", "batch_id": "x", "ids": []})]
-    redis_client.rpush("hydra:prices:batches", *[json.dumps(m) for m in good], *bad)
+    # a worker of region eu-west consumes that region's queue
+    queue = "hydra:prices:batches:eu-west"
+    redis_client.rpush(queue, *[json.dumps(m) for m in good], *bad)
+    redis_client.rpush("hydra:prices:batches", json.dumps(good[0]))  # not its queue
     run_worker(
         HYDRA_REDIS_URL=redis_server.url,
         HYDRA_IDLE_CLOSE_SECONDS=1,
@@ -86,9 +89,10 @@ def test_distributed_worker_consumes_pushed_batches_and_dead_letters_bad_ones(
     assert [e["payload"] for e in entries] == bad
     assert all(e["reason"] == "invalid_message" and e["error"] for e in entries)
     assert "ids" in entries[1]["error"]
-    # nothing left leased or queued
-    assert redis_client.llen("hydra:prices:batches") == 0
-    assert redis_client.zcard("{hydra:prices:batches}:leases") == 0
+    # nothing left leased or queued; the default region's queue untouched
+    assert redis_client.llen(queue) == 0
+    assert redis_client.zcard(f"{{{queue}}}:leases") == 0
+    assert redis_client.llen("hydra:prices:batches") == 1
     summary = read_summary(tmp_path / "summary.json")
     assert summary["stats"]["hydra/queue/acked"] == len(good) + len(bad)
 
