@@ -28,7 +28,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, cached_property
@@ -378,6 +378,15 @@ class StateDB:
                 connection.execution_options(**{_WRITE: True})
             with connection.begin():
                 yield connection
+
+    def transaction(self, *, write: bool) -> AbstractContextManager[Connection]:
+        """A connection in a transaction, for the parts that keep their own tables'
+        queries (the fetcher catalog); blocking: call it in a thread."""
+        return self._transaction(write=write)
+
+    def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT that supports ``on_conflict_do_update`` on this backend."""
+        return self._insert(table)
 
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(table) if self.backend == "postgresql" else sqlite.insert(table)
