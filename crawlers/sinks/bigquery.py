@@ -215,22 +215,39 @@ class BigQuerySink:
     async def open(self) -> None:
         await asyncio.to_thread(self._open)
 
-    def _open(self) -> None:
-        client = self._client or make_client(self.table.project, self.endpoint)
-        retry, timeout = short_retry(self.timeout_seconds), self.timeout_seconds
-        where = self.describe()
-        try:
+    def _get_or_create(self, client: bigquery.Client, retry: Any, timeout: float) -> Any:
+        """The table, created if missing. Workers starting together race to create it:
+        a create that fails (a conflict, a concurrent commit) is followed by another
+        look, since the other worker's table is as good as ours."""
+        for attempt in range(3):
             try:
-                table = client.get_table(self.table.path, retry=retry, timeout=timeout)
+                return client.get_table(self.table.path, retry=retry, timeout=timeout)
             except google_exceptions.NotFound:
                 self._check_dataset(client)
+            try:
                 table = client.create_table(
                     bigquery.Table(self.table.path, schema=self.schema),
                     exists_ok=True,
                     retry=retry,
                     timeout=timeout,
                 )
-                logger.info("Created BigQuery table %s (%d columns)", where, len(self.columns))
+            except (google_exceptions.Conflict, google_exceptions.BadRequest):
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            logger.info(
+                "Created BigQuery table %s (%d columns)", self.describe(), len(self.columns)
+            )
+            return table
+        raise AssertionError("unreachable")
+
+    def _open(self) -> None:
+        client = self._client or make_client(self.table.project, self.endpoint)
+        retry, timeout = short_retry(self.timeout_seconds), self.timeout_seconds
+        where = self.describe()
+        try:
+            table = self._get_or_create(client, retry, timeout)
         except SinkError:
             close_client(client)
             raise

@@ -360,3 +360,18 @@ def test_prices_worker_streams_one_row_per_id_into_bigquery(
     assert {row["region"] for row in rows} == {"default"}
     stats = read_summary(tmp_path / "summary.json")["stats"]
     assert stats["hydra/prices/ids_fetched"] == len(ids)
+
+
+def test_workers_starting_together_both_open_the_table(
+    bigquery_emulator: BigQueryEmulator, client: bigquery.Client, dataset: str
+) -> None:
+    """Two workers racing to create the same table: the loser looks again, not crash."""
+    sinks = [sink_for(bigquery_emulator, dataset, table="raced") for _ in range(4)]
+
+    async def scenario() -> None:
+        await asyncio.gather(*(sink.open() for sink in sinks))
+        for sink in sinks:
+            await sink.close()
+
+    asyncio.run(scenario())
+    assert client.get_table(f"{PROJECT}.{dataset}.raced").schema

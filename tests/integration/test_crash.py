@@ -142,6 +142,10 @@ def test_graceful_shutdown_gives_back_only_what_was_not_fetched(
     ]
     assert sorted(rows) == sorted(ids)  # every ID stored exactly once
     assert set(per_id.values()) == {1}  # and fetched exactly once
+    # the first stopped midway: the second fetched the rest (batches it gave back from
+    # their checkpoints, or never claimed); in-flight batches the first could finish
+    # while shutting down are acked, not given back (how many depends on timing)
+    assert 40 <= len(read_jsonl(tmp_path / "first.jsonl")) < len(ids)
+    assert read_jsonl(tmp_path / "second.jsonl")
     stats = read_summary(tmp_path / "first.summary.json")["stats"]
-    assert stats["hydra/queue/released"] >= 1
     assert stats["hydra/queue/checkpoints"] >= 1

@@ -132,10 +132,16 @@ def test_a_sigkilled_regional_worker_loses_nothing_and_duplicates_nothing(
         while controller.call("GET", f"/runs/{run_id}").json()["succeeded"] < 150:
             assert time.monotonic() < deadline, controller.log()
             time.sleep(0.05)
-        regions = controller.call("GET", "/regions").json()
-        victim = next(r for r in regions if r["state"] == "active" and r["worker"])
-        os.kill(victim["worker"]["pid"], signal.SIGKILL)
-        killed.append(victim["worker"]["pid"])
+        while not killed:  # a worker the controller has just replaced may be gone already
+            regions = controller.call("GET", "/regions").json()
+            victim = next(r for r in regions if r["state"] == "active" and r["worker"])
+            try:
+                os.kill(victim["worker"]["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                assert time.monotonic() < deadline, controller.log()
+                time.sleep(0.2)
+                continue
+            killed.append(victim["worker"]["pid"])
 
     run, regions, _ = _run_hydra(
         tmp_path, redis_server.url, bigquery_emulator, table, during=kill_a_worker_midway
