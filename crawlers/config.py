@@ -293,6 +293,33 @@ class HydraConfig(BaseModel):
     fetch_max_files: int = Field(
         100_000, ge=1, description="A listing with more matching files than this fails the job."
     )
+    fetchers_repo: str = Field(
+        "output/fetchers-repo",
+        description="Git repository of generated web/API fetchers: a local path (created if "
+        "missing) or a remote URL (cloned into `HYDRA_FETCHERS_CACHE`, pulled at start-up, "
+        "pushed after each new version).",
+    )
+    fetchers_cache: str = Field(
+        "output/fetchers-cache", description="Working copy of a remote `HYDRA_FETCHERS_REPO`."
+    )
+    browser_executable: str = Field(
+        "/usr/bin/chromium", description="Chromium the capture of a new or changed site uses."
+    )
+    capture_max_pages: int = Field(
+        20, ge=1, le=500, description="Most page states (a 'next' click each) one capture records."
+    )
+    heal_tolerance: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A new fetcher version passes validation on a channel when it yields at "
+        "least this share of the items of the channel's last good run (and every item has "
+        "the fields of the old version). Also the share below which a run's item count "
+        "counts as a site change.",
+    )
+    web_max_pages: int = Field(
+        1000, ge=1, description="Most pages one run of a generated fetcher requests."
+    )
     task_kinds_base: dict[str, str] = Field(
         default_factory=lambda: {
             "price_batch": "crawlers.tasks.price_batches.PriceBatchKind",

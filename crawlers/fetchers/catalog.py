@@ -117,6 +117,21 @@ class FetcherCatalog:
         with self.db.transaction(write=True) as connection:
             return int(connection.execute(statement).rowcount)
 
+    async def last_failure(self, channel_id: str) -> str | None:
+        """The message of the channel's latest failed job: why a heal was asked for."""
+        return await asyncio.to_thread(self._last_failure, channel_id)
+
+    def _last_failure(self, channel_id: str) -> str | None:
+        query = (
+            select(JOBS.c.message)
+            .where((JOBS.c.channel_id == channel_id) & (JOBS.c.status == "failed"))
+            .order_by(JOBS.c.updated_at.desc(), JOBS.c.id.desc())
+            .limit(1)
+        )
+        with self.db.transaction(write=False) as connection:
+            row = connection.execute(query).first()
+        return str(row[0])[:300] if row is not None else None
+
     async def last_good_items(self, channel_id: str) -> int | None:
         """Items of the channel's latest successful job (``metadata.items``), for the
         change detector and heal validation."""

@@ -1,0 +1,136 @@
+"""Heal mode (seed 003's flow 3C): version N+1 of a broken fetcher, promoted only
+after it works on every channel that version N serves.
+
+Each attempt captures the site again and generates a candidate that is *not*
+committed yet; the candidate runs against every channel mapped to version N (the
+heal task's own channel with its credentials, the others with their stored
+public config). Each channel must yield items that carry every field of the
+candidate's recipe, in a count of at least ``HYDRA_HEAL_TOLERANCE`` times its last
+good run. Only then is the module committed, recorded and every mapping moved in
+one transaction. After ``max_heal_retries`` failed attempts the job asks for a
+person (``requires_human_review``) with the reasons, the HAR and the screenshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crawlers.fetchers.workshop import BuildFailed, HealOutcome, LoadedFetcher, structure_id
+
+if TYPE_CHECKING:
+    from crawlers.db.state import RetryPolicy
+    from crawlers.fetchers.catalog import ChannelMapping
+    from crawlers.fetchers.workshop import FetcherWorkshop
+
+logger = logging.getLogger(__name__)
+
+
+async def heal(
+    workshop: FetcherWorkshop, task: Any, policy: RetryPolicy, workdir: Path, runner: Any
+) -> HealOutcome:
+    catalog = workshop.catalog
+    outcome = HealOutcome()
+    mapping = await catalog.mapping(task.channel_id)
+    if mapping is None:  # nothing to heal: the channel gets its first fetcher
+        built = await workshop.build(
+            task, workdir, version=1, reason=f"new channel {task.channel_id}"
+        )
+        outcome.fetcher = built.name
+        return outcome
+    old = mapping.fetcher
+    channels = await catalog.channels_of(old)
+    cause = await catalog.last_failure(task.channel_id) or "heal requested"
+    site = structure_id(task.config.url)
+    for attempt in range(1, max(policy.max_heal_retries, 1) + 1):
+        latest = await catalog.latest(site)
+        version = (latest.version if latest else old.version) + 1
+        reason = f"heal of v{old.version} ({cause}), attempt {attempt}"
+        attempt_dir = workdir / f"heal-{attempt}"
+        try:
+            source, name = await workshop.generate(
+                task, attempt_dir, version=version, reason=reason
+            )
+        except BuildFailed as exc:
+            outcome.reasons.append(f"attempt {attempt}: {exc}")
+            outcome.evidence = _evidence(attempt_dir)
+            continue
+        candidate = _load_candidate(attempt_dir / f"{name}.py", source)
+        problems = await _validate(workshop, candidate, channels, task, runner)
+        outcome.evidence = _evidence(attempt_dir)
+        if problems:
+            outcome.reasons.extend(f"attempt {attempt}: {p}" for p in problems)
+            logger.warning("Heal candidate %s refused: %s", name, "; ".join(problems))
+            continue
+        await asyncio.to_thread(workshop.repo.commit, name, source, f"{name}: {reason}")
+        record = await catalog.add_version(site, name, version)
+        moved = await catalog.promote(old, record)
+        logger.warning("Healed %s -> %s on %d channels", old.name, name, moved)
+        outcome.fetcher = name
+        return outcome
+    outcome.review = True
+    return outcome
+
+
+async def _validate(
+    workshop: FetcherWorkshop,
+    candidate: type[Any],
+    channels: list[ChannelMapping],
+    task: Any,
+    runner: Any,
+) -> list[str]:
+    fields = list(getattr(candidate, "FIELDS", ()) or ())
+    problems = []
+    for channel in channels:
+        channel_task = task
+        if channel.channel_id != task.channel_id:
+            config = task.config.model_copy(
+                update={
+                    "url": channel.config.get("url", task.config.url),
+                    "login_credentials": None,
+                }
+            )
+            channel_task = task.model_copy(
+                update={"channel_id": channel.channel_id, "config": config}
+            )
+        try:
+            items = await runner(candidate, channel_task)
+        except Exception as exc:  # the candidate itself failed on this channel
+            problems.append(f"channel {channel.channel_id}: {type(exc).__name__}: {exc}")
+            continue
+        missing = [f for f in fields if any(item.get(f) in (None, "") for item in items)]
+        last = await workshop.catalog.last_good_items(channel.channel_id)
+        if not items:
+            problems.append(f"channel {channel.channel_id}: no items")
+        elif missing:
+            problems.append(f"channel {channel.channel_id}: items without {', '.join(missing)}")
+        elif last and len(items) < workshop.config.heal_tolerance * last:
+            problems.append(
+                f"channel {channel.channel_id}: {len(items)} items, last good run {last}"
+            )
+    return problems
+
+
+def _load_candidate(path: Path, source: str) -> type[Any]:
+    """The candidate's class from a file outside the repository (nothing committed yet)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(f"hydra_candidate_{uuid.uuid4().hex}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fetcher: type[Any] = module.Fetcher
+    return fetcher
+
+
+def _evidence(directory: Path) -> list[Path]:
+    if not directory.exists():
+        return []
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in (".har", ".png"))
+
+
+__all__ = ["LoadedFetcher", "heal"]
