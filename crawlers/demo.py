@@ -7,7 +7,8 @@ dead-lettered. Then seed 000's hydra (``crawlers/demo_hydra.py``): a controller,
 four sandbox regions, one banned midway and replaced by two neighbours. Then seed
 003: a local FTP server, and the same channel fetched twice by ``scrapy crawl
 ftp`` (SQLite state, a local store, JSON-lines topics): the second job stores
-nothing new.
+nothing new. Last, a web channel (``crawlers/demo_web.py``): the sandbox shop from
+new channel to generated v1, broken by an API change, healed to v2.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from crawlers.demo_hydra import run_hydra_demo
+from crawlers.demo_web import run_web_demo
 from crawlers.sandbox import SandboxServer
 from crawlers.sandbox.ftp import FtpSandbox
 
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     code = run_demo(args.ids, args.refuse_rate, args.output)
     code = code or run_hydra_demo(args.hydra_ids, args.output)
-    sys.exit(code or run_fetch_demo(args.output))
+    code = code or run_fetch_demo(args.output)
+    sys.exit(code or run_web_demo(args.output))
 
 
 if __name__ == "__main__":
