@@ -8,7 +8,8 @@ public config). Each channel must yield items that carry every field of the
 candidate's recipe, in a count of at least ``HYDRA_HEAL_TOLERANCE`` times its last
 good run. Only then is the module committed, recorded and every mapping moved in
 one transaction. After ``max_heal_retries`` failed attempts the job asks for a
-person (``requires_human_review``) with the reasons, the HAR and the screenshots.
+person (``requires_human_review``) with the reasons; each attempt captures into
+``<workdir>/heal-<N>/``, which the spider keeps with the job (HAR and screenshots).
 """
 
 from __future__ import annotations
@@ -57,11 +58,9 @@ async def heal(
             )
         except BuildFailed as exc:
             outcome.reasons.append(f"attempt {attempt}: {exc}")
-            outcome.evidence = _evidence(attempt_dir)
             continue
         candidate = _load_candidate(attempt_dir / f"{name}.py", source)
         problems = await _validate(workshop, candidate, channels, task, runner)
-        outcome.evidence = _evidence(attempt_dir)
         if problems:
             outcome.reasons.extend(f"attempt {attempt}: {p}" for p in problems)
             logger.warning("Heal candidate %s refused: %s", name, "; ".join(problems))
@@ -125,12 +124,6 @@ def _load_candidate(path: Path, source: str) -> type[Any]:
     spec.loader.exec_module(module)
     fetcher: type[Any] = module.Fetcher
     return fetcher
-
-
-def _evidence(directory: Path) -> list[Path]:
-    if not directory.exists():
-        return []
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in (".har", ".png"))
 
 
 __all__ = ["LoadedFetcher", "heal"]

@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 _DOMAINS = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # the bundled list only
 
 
-
 class BuildFailed(Exception):
     """No fetcher could be generated (capture failed, no data found)."""
 
@@ -66,7 +65,6 @@ class HealOutcome:
     fetcher: str = ""
     review: bool = False
     reasons: list[str] = field(default_factory=list)
-    evidence: list[Path] = field(default_factory=list)
 
 
 class FetcherWorkshop:

@@ -29,8 +29,9 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from parsel import Selector
 from scrapy.exceptions import IgnoreRequest
-from scrapy.http import Request, Response, TextResponse
+from scrapy.http import FormRequest, Request, Response, TextResponse
 
 from crawlers.extensions.fetch_services import FetchServices
 from crawlers.fetchers.runtime import AuthRejected, SiteChanged, TransientFailure
@@ -76,22 +77,24 @@ class WebSpider(FetchSpider):
         job = WebJob()
         workdir = Path(tempfile.mkdtemp(prefix="hydra-web-"))
         try:
-            if task.heal_mode:
-                heal = await workshop.heal(task, policy, workdir, self._runner(policy, job))
-                job.fetcher, job.review = heal.fetcher, heal.review
-                if heal.review:
-                    job.failure = "requires_human_review: " + "; ".join(heal.reasons)
-                    await self._keep_evidence(run, task, heal.evidence, job)
-            if not job.failure:
-                fetcher = await workshop.fetcher_for(task, workdir)
-                job.fetcher = fetcher.name
-                await self._run(run, task, fetcher.cls, policy, job, workdir)
-                await workshop.check_count(task.channel_id, job.items)
-        except SiteChanged as exc:
-            job.failure, job.heal = f"website changed: {exc}", not task.heal_mode
-        except (BuildFailed, TransientFailure, AuthRejected) as exc:
-            # still failing after the simple retries, or refused credentials: no heal
-            job.failure = str(exc)
+            try:
+                if task.heal_mode:
+                    heal = await workshop.heal(task, policy, workdir, self._runner(policy, job))
+                    job.fetcher, job.review = heal.fetcher, heal.review
+                    if heal.review:
+                        job.failure = "requires_human_review: " + "; ".join(heal.reasons)
+                if not job.failure:
+                    fetcher = await workshop.fetcher_for(task, workdir)
+                    job.fetcher = fetcher.name
+                    await self._run(run, task, fetcher.cls, policy, job, workdir)
+                    await workshop.check_count(task.channel_id, job.items)
+            except SiteChanged as exc:
+                job.failure, job.heal = f"website changed: {exc}", not task.heal_mode
+            except (BuildFailed, TransientFailure, AuthRejected) as exc:
+                # still failing after the simple retries, or refused credentials: no heal
+                job.failure = str(exc)
+            if not run.finished:  # what the browser recorded, if it was opened
+                await self._keep_captures(run, task, workdir, job)
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
         if run.finished:
@@ -150,6 +153,9 @@ class WebSpider(FetchSpider):
     ) -> None:
         fetcher = fetcher_cls()
         auth_keys = _secrets(task.config.auth_keys)
+        # the channel's own cookies (a login session), apart from other channels of the site
+        jar = f"web:{task.channel_id}"
+        await self._log_in(task, policy, job, jar)
         pending: deque[Request] = deque(fetcher.first_requests(auth_keys, url=task.config.url))
         requested = 0
         while pending:
@@ -157,12 +163,53 @@ class WebSpider(FetchSpider):
             if requested > self.workshop_config.web_max_pages:
                 raise SiteChanged(f"more than {self.workshop_config.web_max_pages} pages: a loop?")
             request = pending.popleft()
+            request = request.replace(meta={**request.meta, "cookiejar": jar})
             response = await self._fetch_with_retries(request, policy, job)
             page_items, follow = fetcher.parse(response)
             if request.meta.get("hydra_fetcher_step") != "token" and on_page is not None:
                 await on_page(response)
             items.extend(page_items)
             pending.extend(follow)
+
+    async def _log_in(self, task: Any, policy: RetryPolicy, job: WebJob, jar: str) -> None:
+        """Sign in with the task's ``login_credentials`` before a run, without a browser:
+        open the channel's page and, where it shows a login form (a password field),
+        submit it; the session cookie lands in the channel's jar. A page without such a
+        form is taken as signed in already. Credentials go only in the POST body,
+        which is never logged nor stored; a form that would put them in its URL is
+        refused."""
+        login = task.config.login_credentials
+        if login is None or not login.password.get_secret_value():
+            return
+        page = await self._fetch_with_retries(
+            Request(task.config.url, meta={"cookiejar": jar}), policy, job
+        )
+        found = _login_form(page)
+        if found is None:
+            return
+        number, form = found
+        where = _where(page.url)
+        if (form.attrib.get("method") or "get").lower() != "post":
+            raise AuthRejected(f"the login form at {where} would send the password in its URL")
+        password_field = form.css("input[type=password]").attrib.get("name")
+        formdata = {password_field: login.password.get_secret_value()} if password_field else {}
+        if login.username:
+            user_field = _username_field(form)
+            if user_field is None:
+                raise AuthRejected(f"no username field in the login form at {where}")
+            formdata[user_field] = login.username
+        if not password_field:
+            raise AuthRejected(f"the login form at {where} has no named password field")
+        request = FormRequest.from_response(
+            page,
+            formnumber=number,
+            formdata=formdata,
+            meta={"cookiejar": jar},
+        )
+        answer = await self._fetch_with_retries(request, policy, job)
+        if answer.status >= 400 or _login_form(answer) is not None:
+            raise AuthRejected(f"the login at {where} was refused (HTTP {answer.status})")
+        logger.info("Channel %s: signed in at %s", task.channel_id, where)
 
     @property
     def workshop_config(self) -> Any:
@@ -171,11 +218,14 @@ class WebSpider(FetchSpider):
     async def _fetch_with_retries(
         self, request: Request, policy: RetryPolicy, job: WebJob
     ) -> TextResponse:
+        # the channel's policy, not Scrapy's RetryMiddleware: its retries would be
+        # uncounted, undelayed and blind to ``max_simple_retries``
+        request = request.replace(dont_filter=True, meta={**request.meta, "dont_retry": True})
         attempt = 0
         while True:
             problem = ""
             try:
-                response: Response = await self.fetch(request.replace(dont_filter=True))
+                response: Response = await self.fetch(request)
             except IgnoreRequest:
                 raise
             except Exception as exc:  # network: refused, reset, DNS, timeout
@@ -223,14 +273,57 @@ class WebSpider(FetchSpider):
             raise RuntimeError(item.error)
         job.count(item)
 
-    async def _keep_evidence(
-        self, run: TaskRun, task: Any, evidence: list[Path], job: WebJob
-    ) -> None:
-        """The HAR and screenshots a person needs to review a failed heal, stored with the job."""
-        for path in evidence:
-            if path.exists():
-                body = await asyncio.to_thread(path.read_bytes)
-                await self._store(run, task, f"review/{path.name}", body, path.parent, job)
+    async def _keep_captures(self, run: TaskRun, task: Any, workdir: Path, job: WebJob) -> None:
+        """The HARs (credentials already masked) and screenshots of this job's captures,
+        stored with the job: under ``capture/`` when a fetcher was generated, under
+        ``review/`` (one folder per heal attempt) when a person must look."""
+        folder = "review" if job.review else "capture"
+        for path in await asyncio.to_thread(_captures, workdir):
+            # capture-v1/capture.har -> capture.har; heal-2/capture-v3/x.png -> heal-2/x.png
+            parts = [p for p in path.relative_to(workdir).parts if not p.startswith("capture-v")]
+            body = await asyncio.to_thread(path.read_bytes)
+            await self._store(run, task, "/".join([folder, *parts]), body, workdir, job)
+
+
+def _captures(workdir: Path) -> list[Path]:
+    return sorted(p for p in workdir.rglob("*") if p.is_file() and p.suffix in (".har", ".png"))
+
+
+#: the username input of a login form, most telling first
+_USERNAME_INPUTS = (
+    "input[autocomplete=username]",
+    "input[type=email]",
+    "input[name*=user i]",
+    "input[name*=email i]",
+    "input[name*=login i]",
+    "input[type=text]",
+    "input:not([type])",
+)
+
+
+def _login_form(response: TextResponse) -> tuple[int, Selector] | None:
+    """The form holding a password field (its position among the page's forms), if
+    the page shows one."""
+    if b"html" not in (response.headers.get("Content-Type") or b""):
+        return None
+    for number, form in enumerate(response.css("form")):
+        if form.css("input[type=password]"):
+            return number, form
+    return None
+
+
+def _username_field(form: Selector) -> str | None:
+    for css in _USERNAME_INPUTS:
+        for node in form.css(css):
+            name = node.attrib.get("name")
+            if name and node.attrib.get("type", "text").lower() not in ("hidden", "password"):
+                return name
+    return None
+
+
+def _where(url: str) -> str:
+    """The URL without its query (which may hold a token), for messages."""
+    return url.split("?", 1)[0]
 
 
 def _secrets(keys: Any) -> dict[str, str]:
@@ -280,6 +373,7 @@ class WebJob:
                 "files_unchanged": self.unchanged,
                 "retries": self.retries,
                 "attempt": task.attempt,
+                "heal_mode": task.heal_mode,
                 "heal_queued": self.heal,
             },
         )

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from crawlers.db.state import RetryPolicy, StateDB
+from crawlers.fetchers.catalog import ChannelMapping, FetcherCatalog
+from crawlers.sandbox.shop import catalogue
 from crawlers.sandbox.shop_server import ShopServer
 from tests.conftest import read_jsonl, run_worker
 
@@ -69,16 +71,34 @@ def _git_log(tmp_path: Path) -> list[str]:
     return out.stdout.splitlines()
 
 
-def _fast_retries(tmp_path: Path, channel: str, heal: int = 2) -> None:
-    async def scenario() -> None:
+def _state(tmp_path: Path, call: Any) -> Any:
+    """Run ``call(db)`` on the worker's SQLite state database."""
+
+    async def scenario() -> Any:
         db = StateDB(f"sqlite:///{tmp_path}/state.db")
         await db.open()
         try:
-            await db.set_retry_policy(channel, RetryPolicy(2, heal, 0.2))
+            return await call(db)
         finally:
             await db.close()
 
-    asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def _fast_retries(tmp_path: Path, channel: str, heal: int = 2) -> None:
+    _state(tmp_path, lambda db: db.set_retry_policy(channel, RetryPolicy(2, heal, 0.2)))
+
+
+def _mapping(tmp_path: Path, channel: str) -> ChannelMapping | None:
+    mapping: ChannelMapping | None = _state(
+        tmp_path, lambda db: FetcherCatalog(db).mapping(channel)
+    )
+    return mapping
+
+
+def _stored(tmp_path: Path, channel: str, job: str) -> list[str]:
+    folder = tmp_path / "store" / channel / job
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
 def test_a_new_channel_gets_v1_then_runs_it_without_the_browser_and_heals_to_v2(
@@ -123,3 +143,132 @@ def test_a_new_channel_gets_v1_then_runs_it_without_the_browser_and_heals_to_v2(
         _run(tmp_path, _task("j5", "ch2", shop.shop_url))
         later = _statuses(tmp_path)["j5"]
         assert later["status"] == "success" and later["metadata"]["fetcher"].endswith("_v2")
+
+
+def test_a_site_that_cannot_be_healed_asks_for_a_person_and_keeps_its_mappings(
+    tmp_path: Path,
+) -> None:
+    with ShopServer() as shop:
+        port = shop.port
+        _run(tmp_path, _task("j1", "ch1", shop.shop_url, is_new=True))
+    assert _statuses(tmp_path)["j1"]["status"] == "success"
+    before = _mapping(tmp_path, "ch1")
+    assert before is not None and before.fetcher.version == 1
+    _fast_retries(tmp_path, "ch1", heal=2)
+    # the same site, now on its v2 API with nothing in it: v1 breaks, and no data to heal from
+    with ShopServer(port=port, api_version=2, products=0) as shop:
+        _run(tmp_path, _task("j2", "ch1", shop.shop_url))
+    statuses = _statuses(tmp_path)
+    failed = statuses["j2"]
+    assert failed["status"] == "failed" and failed["message"].startswith("website changed: ")
+    assert failed["metadata"]["heal_queued"] is True
+    review = statuses["j2-heal"]
+    assert review["status"] == "requires_human_review", review
+    assert review["metadata"]["heal_mode"] is True
+    assert "attempt 1:" in review["message"] and "attempt 2:" in review["message"]
+    assert "attempt 3:" not in review["message"]
+    after = _mapping(tmp_path, "ch1")
+    assert after is not None and after.fetcher == before.fetcher  # untouched
+    assert len(_git_log(tmp_path)) == 1  # only v1
+    assert sorted(p.name for p in (tmp_path / "fetchers-repo" / "fetchers").glob("*.py")) == [
+        before.fetcher.name + ".py"
+    ]
+    # what each attempt's browser recorded is kept with the heal job, for that person
+    kept = _stored(tmp_path, "ch1", "j2-heal")
+    for attempt in (1, 2):
+        assert f"review/heal-{attempt}/capture.har" in kept, kept
+        assert f"review/heal-{attempt}/screenshots/page-001.png" in kept, kept
+    har = json.loads(
+        (tmp_path / "store" / "ch1" / "j2-heal" / "review/heal-2/capture.har").read_text()
+    )
+    assert any("/api/v2/" in e["request"]["url"] for e in har["log"]["entries"])
+
+
+def test_a_transient_503_is_retried_not_healed(tmp_path: Path) -> None:
+    with ShopServer() as shop:
+        _run(tmp_path, _task("j1", "ch1", shop.shop_url, is_new=True))
+        _fast_retries(tmp_path, "ch1")
+        shop.reset_stats()
+        shop.fail_next(2)
+        _run(tmp_path, _task("j2", "ch1", shop.shop_url))
+        served = shop.stats()["per_status"]
+        statuses = _statuses(tmp_path)
+        assert set(statuses) == {"j1", "j2"}  # no heal job
+        done = statuses["j2"]
+        assert done["status"] == "success", done
+        assert done["metadata"]["items"] == 57 and done["metadata"]["retries"] == 2
+        assert done["metadata"]["heal_queued"] is False
+        assert served.get("503") == 2
+        assert len(_git_log(tmp_path)) == 1
+        # more 503s than the channel's simple retries: the job fails, still no heal
+        shop.fail_next(10)
+        _run(tmp_path, _task("j3", "ch1", shop.shop_url))
+    statuses = _statuses(tmp_path)
+    assert set(statuses) == {"j1", "j2", "j3"}
+    assert statuses["j3"]["status"] == "failed" and "503" in statuses["j3"]["message"]
+    assert "website changed" not in statuses["j3"]["message"]
+    assert len(_git_log(tmp_path)) == 1
+
+
+USERNAME, PASSWORD = "shopper-7f3a", "pw-93b1c7e2"
+
+
+def test_login_credentials_open_the_shop_and_never_appear_in_what_is_kept(
+    tmp_path: Path,
+) -> None:
+    with ShopServer(login_required=True, username=USERNAME, password=PASSWORD) as shop:
+        login = {"username": USERNAME, "password": PASSWORD}
+        task = _task("j1", "ch1", shop.shop_url, is_new=True)
+        task["config"]["login_credentials"] = login
+        log = _run(tmp_path, task)
+        first = _statuses(tmp_path)["j1"]
+        assert first["status"] == "success", first
+        assert first["metadata"]["items"] == 57
+        # a later run logs in again without the browser
+        task = _task("j2", "ch1", shop.shop_url)
+        task["config"]["login_credentials"] = login
+        log += _run(tmp_path, task)
+        second = _statuses(tmp_path)["j2"]
+        assert second["status"] == "success" and second["metadata"]["items"] == 57, second
+    assert log.count("Channel ch1: signed in at") == 2  # each run's fetcher, over HTTP
+    kept = _stored(tmp_path, "ch1", "j1")
+    assert "capture/capture.har" in kept, kept  # the HAR is kept with the job...
+    har = (tmp_path / "store" / "ch1" / "j1" / "capture/capture.har").read_text()
+    assert "/login" in har and "***" in har  # ...recorded the login, masked
+    git = subprocess.run(
+        ["git", "-C", str(tmp_path / "fetchers-repo"), "log", "-p", "--all"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "fetcher_v1" in git
+    texts = {"log": log, "git": git}
+    for root in ("store", "topics", "fetchers-repo"):
+        for path in (tmp_path / root).rglob("*"):
+            if path.is_file():
+                texts[str(path)] = path.read_bytes().decode("latin-1")
+    for path in tmp_path.glob("state.db*"):
+        texts[str(path)] = path.read_bytes().decode("latin-1")
+    for secret in (USERNAME, PASSWORD):
+        leaks = [where for where, text in texts.items() if secret in text]
+        assert not leaks, (secret, leaks)
+
+
+def test_a_server_rendered_catalogue_gets_a_dom_fetcher(tmp_path: Path) -> None:
+    with ShopServer() as shop:
+        task = _task("j1", "cat1", shop.catalogue_url, is_new=True, source_type="html")
+        _run(tmp_path, task)
+        first = _statuses(tmp_path)["j1"]
+        assert first["status"] == "success", first
+        module = next((tmp_path / "fetchers-repo" / "fetchers").glob("*_fetcher_v1.py"))
+        assert "DomFetcher" in module.read_text()
+        shop.reset_stats()
+        _run(tmp_path, _task("j2", "cat1", shop.catalogue_url, source_type="html"))
+        pages = shop.stats()["per_path"]
+    again = _statuses(tmp_path)["j2"]
+    assert again["status"] == "success" and again["metadata"]["items"] == 57, again
+    assert pages == {"/catalogue": 3}  # every page once, nothing else (no browser)
+    # the same content as j1's: deduplicated, nothing stored
+    assert again["metadata"]["files_unchanged"] == again["metadata"]["files_processed"] == 4
+    items = _items(tmp_path, "cat1", "j1")
+    expected = {(p.sku, p.name, f"${p.price:.2f}") for p in catalogue()}
+    assert len(items) == 57
+    assert {(i["sku"], i["name"], i["price"]) for i in items} == expected
