@@ -1,12 +1,14 @@
 """Heal mode (seed 003's flow 3C): version N+1 of a broken fetcher, promoted only
 after it works on every channel that version N serves.
 
-Each attempt captures the site again and generates a candidate that is *not*
-committed yet; the candidate runs against every channel mapped to version N (the
-heal task's own channel with its credentials, the others with their stored
-public config). Each channel must yield items that carry every field of the
-candidate's recipe, in a count of at least ``HYDRA_HEAL_TOLERANCE`` times its last
-good run. Only then is the module committed, recorded and every mapping moved in
+First the channel's mapped version runs: when it passes (another heal task of
+the same version promoted N+1 meanwhile, or the site recovered) nothing is
+generated. Otherwise each attempt captures the site again and generates a
+candidate that is *not* committed yet; the candidate runs against every channel
+mapped to version N (the heal task's own channel with its credentials, the others
+with their stored public config). Each channel must yield items that carry every
+field of the candidate's recipe (each on some item, the id field on every item),
+in a count of at least ``HYDRA_HEAL_TOLERANCE`` times its last good run. Only then is the module committed, recorded and every mapping moved in
 one transaction. After ``max_heal_retries`` failed attempts the job asks for a
 person (``requires_human_review``) with the reasons; each attempt captures into
 ``<workdir>/heal-<N>/``, which the spider keeps with the job (HAR and screenshots).
@@ -44,6 +46,15 @@ async def heal(
         outcome.fetcher = built.name
         return outcome
     old = mapping.fetcher
+    # another heal task (of this channel, or of another channel of the same version)
+    # may have promoted a working version meanwhile: then there is nothing to heal
+    current = workshop.load(mapping)
+    if not await _validate(workshop, current.cls, [mapping], task, runner):
+        logger.warning(
+            "Channel %s: %s works (healed meanwhile): no new version", task.channel_id, old.name
+        )
+        outcome.fetcher = old.name
+        return outcome
     channels = await catalog.channels_of(old)
     cause = await catalog.last_failure(task.channel_id) or "heal requested"
     site = structure_id(task.config.url)
@@ -82,7 +93,8 @@ async def _validate(
     task: Any,
     runner: Any,
 ) -> list[str]:
-    fields = list(getattr(candidate, "FIELDS", ()) or ())
+    recipe = candidate.RECIPE
+    fields = list(recipe.fields)  # ApiRecipe: names; DomRecipe: name -> selector
     problems = []
     for channel in channels:
         channel_task = task
@@ -101,7 +113,11 @@ async def _validate(
         except Exception as exc:  # the candidate itself failed on this channel
             problems.append(f"channel {channel.channel_id}: {type(exc).__name__}: {exc}")
             continue
-        missing = [f for f in fields if any(item.get(f) in (None, "") for item in items)]
+        # every field of the recipe on some item (some may be optional), and the
+        # id field, when the recipe names one, on every item
+        missing = [f for f in fields if all(item.get(f) in (None, "") for item in items)]
+        if recipe.id_field and any(item.get(recipe.id_field) in (None, "") for item in items):
+            missing.append(recipe.id_field)
         last = await workshop.catalog.last_good_items(channel.channel_id)
         if not items:
             problems.append(f"channel {channel.channel_id}: no items")

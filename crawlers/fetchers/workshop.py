@@ -77,6 +77,10 @@ class FetcherWorkshop:
             else str(project_path(self.config.fetchers_repo)),
             project_path(self.config.fetchers_cache),
         )
+        #: one generation at a time per site in this worker: two new channels of a site,
+        #: or two heal tasks of one broken version, claimed together must not both
+        #: write version N (the second waits, then finds it)
+        self._site_locks: dict[str, asyncio.Lock] = {}
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
 
     @classmethod
@@ -100,18 +104,27 @@ class FetcherWorkshop:
 
     # -- finding and making fetchers -------------------------------------------
 
+    def site_lock(self, site: str) -> asyncio.Lock:
+        return self._site_locks.setdefault(site, asyncio.Lock())
+
     async def fetcher_for(self, task: Any, workdir: Path) -> LoadedFetcher:
+        """The channel's mapped fetcher (also when ``is_new`` names a channel we know);
+        for a channel never seen, its site's latest version, or a new v1."""
         mapping = await self.catalog.mapping(task.channel_id)
-        if mapping is not None and not task.is_new:
-            return self.load(mapping)
-        if mapping is not None:  # is_new for a channel we know: reuse its site's fetcher
+        if mapping is not None:
             return self.load(mapping)
         site = structure_id(task.config.url)
-        latest = await self.catalog.latest(site)
-        if latest is not None:  # a new channel of a known site: map it to the latest version
-            await self.catalog.map_channel(task.channel_id, latest, _public_config(task))
-            return LoadedFetcher(latest.name, latest, self._class(latest.name))
-        return await self.build(task, workdir, version=1, reason=f"new channel {task.channel_id}")
+        async with self.site_lock(site):  # another run may be generating this site's v1
+            mapping = await self.catalog.mapping(task.channel_id)
+            if mapping is not None:
+                return self.load(mapping)
+            latest = await self.catalog.latest(site)
+            if latest is not None:  # a new channel of a known site: the latest version
+                await self.catalog.map_channel(task.channel_id, latest, _public_config(task))
+                return LoadedFetcher(latest.name, latest, self._class(latest.name))
+            return await self.build(
+                task, workdir, version=1, reason=f"new channel {task.channel_id}"
+            )
 
     def load(self, mapping: ChannelMapping) -> LoadedFetcher:
         name = mapping.fetcher.name
@@ -178,7 +191,8 @@ class FetcherWorkshop:
     async def heal(self, task: Any, policy: RetryPolicy, workdir: Path, runner: Any) -> HealOutcome:
         from crawlers.fetchers.heal import heal
 
-        return await heal(self, task, policy, workdir, runner)
+        async with self.site_lock(structure_id(task.config.url)):  # one heal of a site at once
+            return await heal(self, task, policy, workdir, runner)
 
     async def queue_heal(self, ledger: TaskLedger, task: Any, reason: str) -> None:
         """A heal task for the channel, on the same intake (routed to a web worker)."""

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from crawlers.db.state import RetryPolicy, StateDB
 from crawlers.fetchers.catalog import ChannelMapping, FetcherCatalog
 from crawlers.sandbox.shop import catalogue
 from crawlers.sandbox.shop_server import ShopServer
 from tests.conftest import read_jsonl, run_worker
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -272,3 +274,72 @@ def test_a_server_rendered_catalogue_gets_a_dom_fetcher(tmp_path: Path) -> None:
     expected = {(p.sku, p.name, f"${p.price:.2f}") for p in catalogue()}
     assert len(items) == 57
     assert {(i["sku"], i["name"], i["price"]) for i in items} == expected
+
+
+def test_web_tasks_on_the_shared_queue_are_routed_leased_and_healed(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    settings: dict[str, object] = {
+        **_settings(tmp_path),
+        "HYDRA_REDIS_URL": redis_server.url,
+        "HYDRA_IDLE_CLOSE_SECONDS": 0.5,
+    }
+    ftp_task = {
+        "job_id": "job_ftp", "channel_id": "ch_ftp", "source_type": "ftp",
+        "config": {"host": "127.0.0.1", "port": 2121, "username": "u", "password": "ftp-pw-1",
+                   "remote_path": "/feed"},
+    }  # fmt: skip
+
+    def statuses() -> dict[str, dict[str, Any]]:
+        messages = [json.loads(f["message"]) for _, f in redis_client.xrange("hydra:status")]
+        return {m["job_id"]: m for m in messages}
+
+    with ShopServer() as shop:
+        # two new channels of one site, claimed together: one v1 for both
+        redis_client.rpush(
+            "hydra:fetch:tasks",
+            json.dumps(ftp_task),
+            json.dumps(_task("j1", "ch1", shop.shop_url, is_new=True)),
+            json.dumps(_task("j2", "ch2", shop.shop_url, is_new=True)),
+        )
+        log = run_worker(spider="web", timeout=240, **settings)
+        assert " ERROR: " not in log  # the second waited for the first's v1
+        done = statuses()
+        assert set(done) == {"j1", "j2"}
+        for job in ("j1", "j2"):
+            assert done[job]["status"] == "success", done[job]
+            assert done[job]["metadata"]["items"] == 57
+            assert done[job]["metadata"]["fetcher"].endswith("_v1")
+        assert len(_git_log(tmp_path)) == 1
+        assert redis_client.llen("{hydra:fetch:tasks}:ready:ftp") == 1  # for an ftp worker
+        assert redis_client.llen("hydra:fetch:tasks") == 0
+        assert redis_client.zcard("{hydra:fetch:tasks}:leases") == 0
+        # the site changes: both channels fail, each failed job's heal task goes onto the
+        # shared queue, and a web worker (here the same one) takes them from there: one
+        # heals v1 into v2 for both channels, the other finds v2 already working
+        shop.set_api_version(2)
+        redis_client.rpush(
+            "hydra:fetch:tasks",
+            json.dumps(_task("j3", "ch1", shop.shop_url)),
+            json.dumps(_task("j4", "ch2", shop.shop_url)),
+        )
+        log = run_worker(spider="web", timeout=240, **settings)
+    assert " ERROR: " not in log
+    assert "works (healed meanwhile): no new version" in log
+    done = statuses()
+    assert set(done) == {"j1", "j2", "j3", "j4", "j3-heal", "j4-heal"}
+    for job in ("j3", "j4"):
+        assert done[job]["status"] == "failed" and done[job]["message"].startswith(
+            "website changed: "
+        )
+        healed = done[f"{job}-heal"]
+        assert healed["status"] == "success" and healed["metadata"]["items"] == 57, healed
+        assert healed["metadata"]["fetcher"].endswith("_v2")
+    history = _git_log(tmp_path)
+    assert len(history) == 2 and "heal of v1" in history[0], history
+    assert redis_client.llen("{hydra:fetch:tasks}:ready:ftp") == 1
+    assert redis_client.llen("hydra:fetch:tasks") == 0
+    assert redis_client.zcard("{hydra:fetch:tasks}:leases") == 0
+    assert redis_client.hlen("{hydra:fetch:tasks}:held") == 0
+    assert redis_client.llen("{hydra:fetch:tasks}:ready") == 0
+    assert redis_client.llen("hydra:deadletter") == 0
