@@ -28,6 +28,7 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 from parsel import Selector
 from scrapy.exceptions import IgnoreRequest
@@ -322,8 +323,9 @@ def _username_field(form: Selector) -> str | None:
 
 
 def _where(url: str) -> str:
-    """The URL without its query (which may hold a token), for messages."""
-    return url.split("?", 1)[0]
+    """The URL without its query or user info (either may hold a credential), for messages."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query=""))
 
 
 def _secrets(keys: Any) -> dict[str, str]:

@@ -1,7 +1,10 @@
 """Seed 003's web/API channels end to end, with real Chromium and the sandbox shop:
 a new channel gets a generated fetcher (v1, committed and mapped) and later runs
 without the browser; the shop changes its API and heal produces, validates and
-promotes v2; a site that cannot be healed asks for a person; a 503 is retried."""
+promotes v2; a site that cannot be healed asks for a person; a 503 is retried, not
+healed; login credentials open the shop and are kept nowhere; a server-rendered
+catalogue gets a DOM fetcher; tasks on the shared Redis queue reach the spider
+through routing and leases, and so do the heal tasks a site change queues."""
 
 from __future__ import annotations
 
@@ -132,9 +135,11 @@ def test_a_new_channel_gets_v1_then_runs_it_without_the_browser_and_heals_to_v2(
         _run(tmp_path, _task("j4", "ch1", shop.shop_url))
         statuses = _statuses(tmp_path)
         assert statuses["j4"]["status"] == "failed"
-        assert "website changed" in statuses["j4"]["message"]
+        assert statuses["j4"]["message"].startswith("website changed: ")
+        assert statuses["j4"]["metadata"]["heal_queued"] is True
         healed = statuses["j4-heal"]
         assert healed["status"] == "success", healed
+        assert healed["metadata"]["heal_mode"] is True
         assert healed["metadata"]["items"] == 57
         log = _git_log(tmp_path)
         assert len(log) == 2 and "heal of v1" in log[0]
