@@ -35,7 +35,7 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import FormRequest, Request, Response, TextResponse
 
 from crawlers.extensions.fetch_services import FetchServices
-from crawlers.fetchers.runtime import AuthRejected, SiteChanged, TransientFailure
+from crawlers.fetchers.runtime import AuthRejected, FetcherError, SiteChanged, TransientFailure
 from crawlers.fetchers.workshop import BuildFailed, FetcherWorkshop
 from crawlers.items import FetchedFileItem, JobResultItem
 from crawlers.spiders.fetch import FetchSpider
@@ -166,7 +166,14 @@ class WebSpider(FetchSpider):
             request = pending.popleft()
             request = request.replace(meta={**request.meta, "cookiejar": jar})
             response = await self._fetch_with_retries(request, policy, job)
-            page_items, follow = fetcher.parse(response)
+            try:
+                page_items, follow = fetcher.parse(response)
+            except FetcherError:
+                raise
+            except Exception as exc:  # the fetcher's own code broke: heal it like a change
+                raise SiteChanged(
+                    f"code error in the fetcher: {type(exc).__name__}: {exc}"
+                ) from exc
             if request.meta.get("hydra_fetcher_step") != "token" and on_page is not None:
                 await on_page(response)
             items.extend(page_items)

@@ -217,6 +217,25 @@ def test_a_transient_503_is_retried_not_healed(tmp_path: Path) -> None:
     assert len(_git_log(tmp_path)) == 1
 
 
+def test_a_code_error_in_the_fetcher_is_healed_like_a_site_change(tmp_path: Path) -> None:
+    """Someone edits v1 and breaks it: the job fails and the heal writes a working v2."""
+    with ShopServer() as shop:
+        _run(tmp_path, _task("j1", "ch1", shop.shop_url, is_new=True))
+        module = next((tmp_path / "fetchers-repo" / "fetchers").glob("*_fetcher_v1.py"))
+        broken = module.read_text() + (
+            "\n\ndef _broken(self, response):\n    raise KeyError('price')\n\n\n"
+            "Fetcher.parse = _broken\n"
+        )
+        module.write_text(broken)
+        _run(tmp_path, _task("j2", "ch1", shop.shop_url))
+    statuses = _statuses(tmp_path)
+    assert statuses["j2"]["status"] == "failed"
+    assert statuses["j2"]["message"].startswith("website changed: code error in the fetcher")
+    healed = statuses["j2-heal"]
+    assert healed["status"] == "success" and healed["metadata"]["fetcher"].endswith("_v2")
+    assert healed["metadata"]["items"] == 57
+
+
 USERNAME, PASSWORD = "shopper-7f3a", "pw-93b1c7e2"
 
 
