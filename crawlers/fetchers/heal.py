@@ -8,8 +8,9 @@ candidate that is *not* committed yet; the candidate runs against every channel
 mapped to version N (the heal task's own channel with its credentials, the others
 with their stored public config). Each channel must yield items that carry every
 field of the candidate's recipe (each on some item, the id field on every item),
-in a count of at least ``HYDRA_HEAL_TOLERANCE`` times its last good run. Only then is the module committed, recorded and every mapping moved in
-one transaction. After ``max_heal_retries`` failed attempts the job asks for a
+in a count of at least ``HYDRA_HEAL_TOLERANCE`` times its last good run. Only
+then is the module committed, recorded and every mapping moved in one
+transaction. After ``max_heal_retries`` failed attempts the job asks for a
 person (``requires_human_review``) with the reasons; each attempt captures into
 ``<workdir>/heal-<N>/``, which the spider keeps with the job (HAR and screenshots).
 """
