@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from scrapy import Request, Spider
-from scrapy.http import TextResponse
+from scrapy.http import Response, TextResponse
 
 
 class ShopSpider(Spider):
@@ -35,7 +35,8 @@ class ShopSpider(Spider):
     async def start(self) -> AsyncIterator[Request]:
         yield Request(f"{self.base}/api/session", callback=self.got_token)
 
-    def got_token(self, response: TextResponse) -> Iterator[Request]:
+    def got_token(self, response: Response) -> Iterator[Request]:
+        assert isinstance(response, TextResponse)
         token = json.loads(response.text)["token"]
         yield self._page(token, None)
 
@@ -48,7 +49,8 @@ class ShopSpider(Spider):
             cb_kwargs={"token": token},
         )
 
-    def parse_page(self, response: TextResponse, token: str) -> Iterator[Any]:
+    def parse_page(self, response: Response, token: str) -> Iterator[Any]:
+        assert isinstance(response, TextResponse)
         body = json.loads(response.text)
         for item in body["data"]["items"]:
             yield {"code": item["code"], "title": item["title"], "amount": item["amount"]}
