@@ -320,6 +320,14 @@ class HydraConfig(BaseModel):
     web_max_pages: int = Field(
         1000, ge=1, description="Most pages one run of a generated fetcher requests."
     )
+    scheduler_secret_key: str = Field(
+        "",
+        description="Fernet key(s) that encrypt the secrets of the scheduler's task configs "
+        "in the state database (comma-separated: the first encrypts, all decrypt, for "
+        "rotation). Empty: a task config's secrets may only be environment references "
+        '(`{"env": "VAR"}`). Never logged.',
+        repr=False,
+    )
     task_kinds_base: dict[str, str] = Field(
         default_factory=lambda: {
             "price_batch": "crawlers.tasks.price_batches.PriceBatchKind",
@@ -476,7 +484,7 @@ class HydraConfig(BaseModel):
     def _redacted_value(field: str, value: Any) -> Any:
         if field == "redis_url" and isinstance(value, str):
             return DEFAULT_REDACTOR.url(value)
-        if field in ("api_keys", "scrapyd_password"):
+        if field in ("api_keys", "scrapyd_password", "scheduler_secret_key"):
             return "***"
         if field == "regions" and isinstance(value, str):
             return DEFAULT_REDACTOR.text(value)

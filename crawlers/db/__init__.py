@@ -7,6 +7,7 @@ is the operators'. Reference: ``docs/commands.md``.
 
 from __future__ import annotations
 
+from crawlers.db import scheduler_models  # the scheduler's tables join Base.metadata
 from crawlers.db.models import JOB_STATUSES, Base, JobStatus
 from crawlers.db.state import (
     DEFAULT_RETRY_POLICY,
@@ -33,4 +34,5 @@ __all__ = [
     "Topic",
     "alembic_config",
     "head_revision",
+    "scheduler_models",
 ]

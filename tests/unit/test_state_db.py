@@ -46,7 +46,19 @@ from tests.conftest import ROOT, worker_env
 
 T = TypeVar("T")
 HASH_A, HASH_B, HASH_C = "a" * 64, "b" * 64, "c" * 64
-TABLES = {"fetcher_details", "channel_fetcher_details", "job_runs", "file_metadata", "retry_config"}
+TABLES = {
+    "fetcher_details",
+    "channel_fetcher_details",
+    "job_runs",
+    "file_metadata",
+    "retry_config",
+    # the scheduler's (0002)
+    "task_configs",
+    "task_config_versions",
+    "scheduled_jobs",
+    "job_transitions",
+    "trigger_fires",
+}
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -133,7 +145,7 @@ class StateDBBehaviour:
             await db.close()
 
         run(scenario())
-        assert db.current_revision() == head_revision() == "0001_fetch_state"
+        assert db.current_revision() == head_revision() == "0002_scheduler"
         db.dispose()
         assert set(inspect(engine).get_table_names()) >= TABLES
         assert count(engine, "SELECT count(*) FROM retry_config") == 1
@@ -573,8 +585,8 @@ BATCH_MIGRATION = """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_recreate"
-down_revision = "0001_fetch_state"
+revision = "0099_recreate"
+down_revision = "{head}"
 branch_labels = depends_on = None
 
 
@@ -604,10 +616,12 @@ def test_sqlite_batch_migration_of_a_referenced_table(
         )
     migrations = tmp_path / "migrations"
     shutil.copytree(ROOT / "crawlers/db/migrations", migrations)
-    (migrations / "versions/0002_recreate.py").write_text(BATCH_MIGRATION)
+    (migrations / "versions/0099_recreate.py").write_text(
+        BATCH_MIGRATION.format(head=head_revision())
+    )
     monkeypatch.setattr(state, "migrations_dir", lambda: migrations)
     db.upgrade()
-    assert db.current_revision() == "0002_recreate"
+    assert db.current_revision() == "0099_recreate"
     db.dispose()
     connection = sqlite3.connect(tmp_path / "h.db")
     try:
@@ -644,10 +658,10 @@ def test_db_command_on_sqlite(tmp_path: Path) -> None:
     assert "not migrated" in check.stderr and "scrapy db upgrade" in check.stderr
     upgrade = scrapy_db("upgrade", expect=0, HYDRA_DB_URL=url)
     assert upgrade.stdout == (
-        f"Upgraded sqlite:///{tmp_path}/sub/hydra.db from an empty database to 0001_fetch_state\n"
+        f"Upgraded sqlite:///{tmp_path}/sub/hydra.db from an empty database to 0002_scheduler\n"
     )
-    assert "already at 0001_fetch_state" in scrapy_db("upgrade", expect=0, HYDRA_DB_URL=url).stdout
-    assert scrapy_db("current", expect=0, HYDRA_DB_URL=url).stdout == "0001_fetch_state (head)\n"
+    assert "already at 0002_scheduler" in scrapy_db("upgrade", expect=0, HYDRA_DB_URL=url).stdout
+    assert scrapy_db("current", expect=0, HYDRA_DB_URL=url).stdout == "0002_scheduler (head)\n"
     assert "is at head" in scrapy_db("check", expect=0, HYDRA_DB_URL=url).stdout
 
 

@@ -1,0 +1,689 @@
+"""``SchedulerStore``: the scheduler's persistent state (seed 001's Configuration
+and State Managers) in the state database.
+
+Every call is one short transaction in a thread (as :mod:`crawlers.fetchers.catalog`),
+so several scheduler replicas can share one database:
+
+- a config change bumps the task's version and appends a history row in the same
+  transaction, serialised per task (PostgreSQL: an advisory lock; SQLite: the
+  write lock), so two replicas loading the same tasks file make one version, and
+  an unchanged config makes none;
+- :meth:`SchedulerStore.claim_fire` is an insert that the unique
+  ``(task_name, fire_at)`` lets succeed once, whoever races for it;
+- :meth:`SchedulerStore.transition` moves a job only along :data:`ALLOWED_TRANSITIONS`,
+  as a compare-and-set on its current state, and records the move in the same
+  transaction: two writers never both move a job out of the same state.
+
+Datetimes must be timezone-aware (UTC is stored). Secrets arrive here already
+sealed (:mod:`crawlers.services.scheduler.secrets`); this module never sees them in clear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zlib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypedDict, Unpack, cast
+
+from sqlalchemy import Row, case, delete, func, literal, select, text, update
+from sqlalchemy.engine import Connection
+
+from crawlers.db.models import ID_LENGTH, Base, utcnow
+from crawlers.db.scheduler_models import (
+    FINAL_JOB_STATES,
+    JOB_STATES,
+    ConfigChange,
+    JobState,
+)
+from crawlers.db.state import StateDB
+
+CONFIGS = Base.metadata.tables["task_configs"]
+VERSIONS = Base.metadata.tables["task_config_versions"]
+JOBS = Base.metadata.tables["scheduled_jobs"]
+TRANSITIONS = Base.metadata.tables["job_transitions"]
+FIRES = Base.metadata.tables["trigger_fires"]
+
+#: where a job may go from each state; ``failed`` from any non-final state is the
+#: heartbeat reaper's (a worker that died), and a final state never changes
+ALLOWED_TRANSITIONS: Mapping[str, frozenset[str]] = {
+    "pending": frozenset({"queued", "cancelled", "failed"}),
+    "queued": frozenset({"running", "cancelled", "failed"}),
+    "running": frozenset({"succeeded", "failed", "cancelled", "timed_out"}),
+    **{state: frozenset() for state in FINAL_JOB_STATES},
+}
+#: outcomes that count towards "N consecutive failures" (cancelled ones are skipped)
+FAILURE_STATES = ("failed", "timed_out")
+RUNNING: tuple[JobState, ...] = ("running",)
+#: the largest page :meth:`SchedulerStore.jobs` returns
+MAX_PAGE = 1000
+#: the namespace of the PostgreSQL advisory locks that serialise one task's config changes
+_CONFIG_LOCK = "hydra:scheduler:config:"
+
+
+class JobFields(TypedDict, total=False):
+    """Columns a transition may set besides the state (``stats_json`` replaces the stats)."""
+
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    worker: str | None
+    stats_json: dict[str, Any]
+    log_ref: str | None
+
+
+_DATETIME_FIELDS = ("started_at", "finished_at", "heartbeat_at")
+
+
+@dataclass(frozen=True)
+class StoredTaskConfig:
+    """A task config as stored: its public part, and its secrets still sealed."""
+
+    name: str
+    config: dict[str, Any]
+    secrets_encrypted: str | None = field(repr=False)
+    version: int
+    paused: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def has_secrets(self) -> bool:
+        return self.secrets_encrypted is not None
+
+
+@dataclass(frozen=True)
+class TaskConfigChange:
+    """One row of a task's config history (secrets are never kept in history)."""
+
+    task_name: str
+    version: int
+    change: ConfigChange
+    config: dict[str, Any]
+    paused: bool
+    changed_by: str
+    changed_at: datetime
+
+
+@dataclass(frozen=True)
+class SchedulerJob:
+    """A snapshot of a ``scheduled_jobs`` row; ``id`` is the pagination cursor."""
+
+    id: int
+    job_id: str
+    task_name: str
+    attempt: int
+    priority: int
+    state: JobState
+    reason: str
+    fired_at: datetime
+    scheduled_for: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    worker: str | None
+    stats: dict[str, Any]
+    log_ref: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_JOB_STATES
+
+
+@dataclass(frozen=True)
+class JobTransition:
+    """One move of a job (``from_state`` is None for its creation)."""
+
+    job_id: str
+    from_state: JobState | None
+    to_state: JobState
+    at: datetime
+    reason: str
+
+
+class SchedulerStore:
+    def __init__(self, db: StateDB) -> None:
+        self.db = db
+
+    # -- task configs ----------------------------------------------------------
+
+    async def put_config(
+        self,
+        name: str,
+        public_json: Mapping[str, Any],
+        secrets_encrypted: str | None,
+        changed_by: str,
+        *,
+        keep_secrets: bool = False,
+    ) -> int:
+        """Create or replace a task config; its version after the call.
+
+        ``secrets_encrypted`` replaces the stored secrets (None removes them), unless
+        ``keep_secrets`` and it is None. A config equal to the stored one (same public
+        JSON, same sealed secrets) is no change: no new version, no history row. A
+        Fernet token differs each time it is made, so a caller whose secrets did not
+        change (it compared the unsealed values) passes None and ``keep_secrets``.
+        """
+        _check_id(name, "name")
+        _check_id(changed_by, "changed_by")
+        config = _json_object(public_json)
+        return await asyncio.to_thread(
+            self._put_config, name, config, secrets_encrypted, changed_by, keep_secrets
+        )
+
+    def _put_config(
+        self,
+        name: str,
+        config: dict[str, Any],
+        secrets: str | None,
+        changed_by: str,
+        keep_secrets: bool,
+    ) -> int:
+        now = utcnow()
+        with self.db.transaction(write=True) as connection:
+            self._lock_config(connection, name)
+            row = connection.execute(
+                select(
+                    CONFIGS.c.config_json,
+                    CONFIGS.c.secrets_encrypted,
+                    CONFIGS.c.paused,
+                    CONFIGS.c.version,
+                )
+                .where(CONFIGS.c.name == name)
+                .with_for_update()
+            ).first()
+            if row is not None:
+                if keep_secrets and secrets is None:
+                    secrets = row.secrets_encrypted
+                if row.config_json == config and row.secrets_encrypted == secrets:
+                    return int(row.version)
+            version = self._next_version(connection, name)
+            change: ConfigChange
+            if row is None:
+                change, paused = "created", False
+                connection.execute(
+                    CONFIGS.insert().values(
+                        name=name, config_json=config, secrets_encrypted=secrets,
+                        version=version, paused=False, created_at=now, updated_at=now,
+                    )
+                )  # fmt: skip
+            else:
+                change, paused = "updated", bool(row.paused)
+                connection.execute(
+                    update(CONFIGS)
+                    .where(CONFIGS.c.name == name)
+                    .values(
+                        config_json=config, secrets_encrypted=secrets, version=version,
+                        updated_at=now,
+                    )
+                )  # fmt: skip
+            self._record_change(connection, name, version, change, config, paused, changed_by, now)
+        return version
+
+    async def delete_config(self, name: str, changed_by: str) -> bool:
+        """Delete a task config (its history stays); False when there is none."""
+        _check_id(changed_by, "changed_by")
+        return await asyncio.to_thread(self._delete_config, name, changed_by)
+
+    def _delete_config(self, name: str, changed_by: str) -> bool:
+        now = utcnow()
+        with self.db.transaction(write=True) as connection:
+            self._lock_config(connection, name)
+            row = connection.execute(
+                select(CONFIGS.c.config_json, CONFIGS.c.paused)
+                .where(CONFIGS.c.name == name)
+                .with_for_update()
+            ).first()
+            if row is None:
+                return False
+            version = self._next_version(connection, name)
+            connection.execute(delete(CONFIGS).where(CONFIGS.c.name == name))
+            self._record_change(
+                connection, name, version, "deleted", dict(row.config_json or {}),
+                bool(row.paused), changed_by, now,
+            )  # fmt: skip
+        return True
+
+    async def set_paused(self, name: str, paused: bool, changed_by: str) -> int:
+        """Pause or resume a task; its version after the call (unchanged if it already
+        was). ``LookupError`` for an unknown task."""
+        _check_id(changed_by, "changed_by")
+        return await asyncio.to_thread(self._set_paused, name, paused, changed_by)
+
+    def _set_paused(self, name: str, paused: bool, changed_by: str) -> int:
+        now = utcnow()
+        with self.db.transaction(write=True) as connection:
+            self._lock_config(connection, name)
+            row = connection.execute(
+                select(CONFIGS.c.config_json, CONFIGS.c.paused, CONFIGS.c.version)
+                .where(CONFIGS.c.name == name)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise LookupError(f"no task config {name!r}")
+            if bool(row.paused) == paused:
+                return int(row.version)
+            version = self._next_version(connection, name)
+            connection.execute(
+                update(CONFIGS)
+                .where(CONFIGS.c.name == name)
+                .values(paused=paused, version=version, updated_at=now)
+            )
+            self._record_change(
+                connection, name, version, "updated", dict(row.config_json or {}), paused,
+                changed_by, now,
+            )  # fmt: skip
+        return version
+
+    async def get_config(self, name: str) -> StoredTaskConfig | None:
+        return await asyncio.to_thread(self._get_config, name)
+
+    def _get_config(self, name: str) -> StoredTaskConfig | None:
+        with self.db.transaction(write=False) as connection:
+            row = connection.execute(select(CONFIGS).where(CONFIGS.c.name == name)).first()
+        return _config(row) if row is not None else None
+
+    async def list_configs(self) -> list[StoredTaskConfig]:
+        """Every task config, by name."""
+        return await asyncio.to_thread(self._list_configs)
+
+    def _list_configs(self) -> list[StoredTaskConfig]:
+        with self.db.transaction(write=False) as connection:
+            rows = connection.execute(select(CONFIGS).order_by(CONFIGS.c.name)).all()
+        return [_config(row) for row in rows]
+
+    async def config_history(self, name: str) -> list[TaskConfigChange]:
+        """Every change of the task, oldest first (also after it was deleted)."""
+        return await asyncio.to_thread(self._config_history, name)
+
+    def _config_history(self, name: str) -> list[TaskConfigChange]:
+        query = select(VERSIONS).where(VERSIONS.c.task_name == name).order_by(VERSIONS.c.version)
+        with self.db.transaction(write=False) as connection:
+            rows = connection.execute(query).all()
+        return [
+            TaskConfigChange(
+                task_name=row.task_name,
+                version=row.version,
+                change=cast(ConfigChange, row.change),
+                config=dict(row.config_json or {}),
+                paused=bool(row.paused),
+                changed_by=row.changed_by,
+                changed_at=row.changed_at,
+            )
+            for row in rows
+        ]
+
+    def _lock_config(self, connection: Connection, name: str) -> None:
+        """Serialise one task's changes (SQLite's write transaction already does)."""
+        if self.db.backend == "postgresql":
+            key = zlib.crc32((_CONFIG_LOCK + name).encode("utf-8"))
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    @staticmethod
+    def _next_version(connection: Connection, name: str) -> int:
+        """One more than the task's last version, so a re-created task goes on counting."""
+        query = select(func.coalesce(func.max(VERSIONS.c.version), 0)).where(
+            VERSIONS.c.task_name == name
+        )
+        return int(connection.execute(query).scalar_one()) + 1
+
+    @staticmethod
+    def _record_change(
+        connection: Connection,
+        name: str,
+        version: int,
+        change: ConfigChange,
+        config: dict[str, Any],
+        paused: bool,
+        changed_by: str,
+        at: datetime,
+    ) -> None:
+        connection.execute(
+            VERSIONS.insert().values(
+                task_name=name, version=version, change=change, config_json=config,
+                paused=paused, changed_by=changed_by, changed_at=at,
+            )
+        )  # fmt: skip
+
+    # -- trigger fires ---------------------------------------------------------
+
+    async def claim_fire(self, task_name: str, fire_at: datetime, fired_by: str) -> bool:
+        """Claim the fire of ``task_name`` due at ``fire_at``: True for exactly one
+        claimer, whichever replica it is. Replicas must compute the same ``fire_at``
+        for the same fire (the schedule's time, not the clock's)."""
+        _check_id(task_name, "task_name")
+        _check_id(fired_by, "fired_by")
+        return await asyncio.to_thread(
+            self._claim_fire, task_name, _utc(fire_at, "fire_at"), fired_by
+        )
+
+    def _claim_fire(self, task_name: str, fire_at: datetime, fired_by: str) -> bool:
+        insert = self.db.insert(FIRES).values(
+            task_name=task_name, fire_at=fire_at, fired_by=fired_by, claimed_at=utcnow()
+        )
+        # RETURNING, not rowcount: psycopg reports -1 for an insert that returns the id
+        statement = insert.on_conflict_do_nothing(
+            index_elements=[FIRES.c.task_name, FIRES.c.fire_at]
+        ).returning(FIRES.c.id)
+        with self.db.transaction(write=True) as connection:
+            return connection.execute(statement).first() is not None
+
+    async def last_fire(self, task_name: str) -> datetime | None:
+        """When the task last fired (by any replica): where missed fires start."""
+        return await asyncio.to_thread(self._last_fire, task_name)
+
+    def _last_fire(self, task_name: str) -> datetime | None:
+        query = select(func.max(FIRES.c.fire_at)).where(FIRES.c.task_name == task_name)
+        with self.db.transaction(write=False) as connection:
+            found: datetime | None = connection.execute(query).scalar()
+        return found
+
+    async def prune_fires(self, before: datetime) -> int:
+        """Forget fires due before ``before`` (only recent ones can still be raced
+        for); the number removed."""
+        return await asyncio.to_thread(self._prune_fires, _utc(before, "before"))
+
+    def _prune_fires(self, before: datetime) -> int:
+        statement = delete(FIRES).where(FIRES.c.fire_at < literal(before, FIRES.c.fire_at.type))
+        with self.db.transaction(write=True) as connection:
+            return int(connection.execute(statement).rowcount)
+
+    # -- jobs ------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        job_id: str,
+        task_name: str,
+        attempt: int,
+        priority: int,
+        fired_at: datetime,
+        scheduled_for: datetime,
+    ) -> None:
+        """A new job, ``pending``; ``ValueError`` if ``job_id`` exists already."""
+        _check_id(job_id, "job_id")
+        _check_id(task_name, "task_name")
+        if attempt < 0:
+            raise ValueError("attempt must be 0 or more")
+        values = {
+            "job_id": job_id,
+            "task_name": task_name,
+            "attempt": attempt,
+            "priority": priority,
+            "fired_at": _utc(fired_at, "fired_at"),
+            "scheduled_for": _utc(scheduled_for, "scheduled_for"),
+        }
+        await asyncio.to_thread(self._create_job, values)
+
+    def _create_job(self, values: dict[str, Any]) -> None:
+        now = utcnow()
+        insert = self.db.insert(JOBS).values(
+            state="pending", reason="", stats_json={}, created_at=now, updated_at=now, **values
+        )
+        with self.db.transaction(write=True) as connection:
+            created = connection.execute(
+                insert.on_conflict_do_nothing(index_elements=["job_id"]).returning(JOBS.c.id)
+            )
+            if created.first() is None:
+                raise ValueError(f"job {values['job_id']!r} exists already")
+            connection.execute(
+                TRANSITIONS.insert().values(
+                    job_id=values["job_id"], from_state=None, to_state="pending", at=now,
+                    reason="created",
+                )
+            )  # fmt: skip
+
+    async def transition(
+        self,
+        job_id: str,
+        to_state: JobState,
+        reason: str = "",
+        *,
+        at: datetime | None = None,
+        **fields: Unpack[JobFields],
+    ) -> bool:
+        """Move the job to ``to_state`` if :data:`ALLOWED_TRANSITIONS` allows it from
+        its current state, setting ``fields`` and recording the move; False if
+        refused (a final state, a skipped step, or another writer moved it first).
+
+        ``running`` sets ``started_at`` and ``heartbeat_at``, a final state sets
+        ``finished_at`` (to ``at``, default now) unless given. ``LookupError`` for an
+        unknown job.
+        """
+        if to_state not in JOB_STATES:
+            raise ValueError(f"state must be one of {', '.join(JOB_STATES)}, not {to_state!r}")
+        unknown = set(fields) - JobFields.__optional_keys__
+        if unknown:
+            raise TypeError(f"transition() got unknown fields: {', '.join(sorted(unknown))}")
+        when = _utc(at, "at") if at is not None else utcnow()
+        values: dict[str, Any] = dict(fields)
+        for name in _DATETIME_FIELDS:
+            if values.get(name) is not None:
+                values[name] = _utc(values[name], name)
+        if to_state == "running":
+            values.setdefault("started_at", when)
+            values.setdefault("heartbeat_at", values["started_at"])
+        elif to_state in FINAL_JOB_STATES:
+            values.setdefault("finished_at", when)
+        if "stats_json" in values:
+            values["stats_json"] = _json_object(values["stats_json"])
+        return await asyncio.to_thread(self._transition, job_id, to_state, reason, when, values)
+
+    def _transition(
+        self, job_id: str, to_state: str, reason: str, at: datetime, values: dict[str, Any]
+    ) -> bool:
+        with self.db.transaction(write=True) as connection:
+            current = connection.execute(
+                select(JOBS.c.state).where(JOBS.c.job_id == job_id)
+            ).scalar()
+            if current is None:
+                raise LookupError(f"no job {job_id!r}")
+            if to_state not in ALLOWED_TRANSITIONS[current]:
+                return False
+            moved = connection.execute(
+                update(JOBS)
+                .where(JOBS.c.job_id == job_id, JOBS.c.state == current)  # compare-and-set
+                .values(state=to_state, reason=reason, updated_at=utcnow(), **values)
+            )
+            if moved.rowcount != 1:
+                return False
+            connection.execute(
+                TRANSITIONS.insert().values(
+                    job_id=job_id, from_state=current, to_state=to_state, at=at, reason=reason
+                )
+            )
+        return True
+
+    async def heartbeat(
+        self, job_id: str, at: datetime, *, stats: Mapping[str, Any] | None = None
+    ) -> bool:
+        """A running job's worker is alive at ``at`` (and, if given, its progress so
+        far); False if the job is not running (any more): the worker should stop.
+        A late heartbeat never moves ``heartbeat_at`` back."""
+        at = _utc(at, "at")
+        progress = _json_object(stats) if stats is not None else None
+        return await asyncio.to_thread(self._heartbeat, job_id, at, progress)
+
+    def _heartbeat(self, job_id: str, at: datetime, stats: dict[str, Any] | None) -> bool:
+        beat = literal(at, JOBS.c.heartbeat_at.type)
+        values: dict[str, Any] = {
+            "heartbeat_at": case(
+                (JOBS.c.heartbeat_at.is_(None) | (JOBS.c.heartbeat_at < beat), beat),
+                else_=JOBS.c.heartbeat_at,
+            ),
+            "updated_at": utcnow(),
+        }
+        if stats is not None:
+            values["stats_json"] = stats
+        statement = (
+            update(JOBS).where(JOBS.c.job_id == job_id, JOBS.c.state == "running").values(values)
+        )
+        with self.db.transaction(write=True) as connection:
+            return connection.execute(statement).rowcount == 1
+
+    async def stale_running(self, older_than: datetime) -> list[str]:
+        """Running jobs whose last sign of life (heartbeat, else start) is older than
+        ``older_than``: the heartbeat-timeout reaper's candidates, oldest job first."""
+        return await asyncio.to_thread(self._stale_running, _utc(older_than, "older_than"))
+
+    def _stale_running(self, older_than: datetime) -> list[str]:
+        alive = func.coalesce(JOBS.c.heartbeat_at, JOBS.c.started_at, JOBS.c.updated_at)
+        query = (
+            select(JOBS.c.job_id)
+            .where(JOBS.c.state == "running", alive < literal(older_than, JOBS.c.updated_at.type))
+            .order_by(JOBS.c.id)
+        )
+        with self.db.transaction(write=False) as connection:
+            return [str(job_id) for job_id in connection.execute(query).scalars()]
+
+    async def jobs(
+        self,
+        task_name: str | None = None,
+        state: JobState | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[SchedulerJob]:
+        """A page of jobs, newest first; the next page is ``before_id=page[-1].id``."""
+        if state is not None and state not in JOB_STATES:
+            raise ValueError(f"state must be one of {', '.join(JOB_STATES)}, not {state!r}")
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        return await asyncio.to_thread(self._jobs, task_name, state, limit, before_id)
+
+    def _jobs(
+        self, task_name: str | None, state: str | None, limit: int, before_id: int | None
+    ) -> list[SchedulerJob]:
+        query = select(JOBS).order_by(JOBS.c.id.desc()).limit(limit)
+        if task_name is not None:
+            query = query.where(JOBS.c.task_name == task_name)
+        if state is not None:
+            query = query.where(JOBS.c.state == state)
+        if before_id is not None:
+            query = query.where(JOBS.c.id < before_id)
+        with self.db.transaction(write=False) as connection:
+            return [_job(row) for row in connection.execute(query)]
+
+    async def job(self, job_id: str) -> SchedulerJob | None:
+        return await asyncio.to_thread(self._job, job_id)
+
+    def _job(self, job_id: str) -> SchedulerJob | None:
+        with self.db.transaction(write=False) as connection:
+            row = connection.execute(select(JOBS).where(JOBS.c.job_id == job_id)).first()
+        return _job(row) if row is not None else None
+
+    async def history(self, job_id: str) -> list[JobTransition]:
+        """The job's transitions, oldest first (its creation included)."""
+        return await asyncio.to_thread(self._history, job_id)
+
+    def _history(self, job_id: str) -> list[JobTransition]:
+        query = select(TRANSITIONS).where(TRANSITIONS.c.job_id == job_id).order_by(TRANSITIONS.c.id)
+        with self.db.transaction(write=False) as connection:
+            rows = connection.execute(query).all()
+        return [
+            JobTransition(
+                job_id=row.job_id,
+                from_state=cast(JobState | None, row.from_state),
+                to_state=cast(JobState, row.to_state),
+                at=row.at,
+                reason=row.reason,
+            )
+            for row in rows
+        ]
+
+    async def running_count(
+        self, task_name: str | None = None, *, states: Collection[JobState] = RUNNING
+    ) -> int:
+        """How many jobs (of a task, or all) are running, or in any of ``states``
+        (a concurrency limit may count ``queued`` ones too)."""
+        unknown = set(states) - set(JOB_STATES)
+        if unknown or not states:
+            raise ValueError(f"states must be some of {', '.join(JOB_STATES)}")
+        return await asyncio.to_thread(self._running_count, task_name, tuple(states))
+
+    def _running_count(self, task_name: str | None, states: tuple[str, ...]) -> int:
+        query = select(func.count()).select_from(JOBS).where(JOBS.c.state.in_(states))
+        if task_name is not None:
+            query = query.where(JOBS.c.task_name == task_name)
+        with self.db.transaction(write=False) as connection:
+            return int(connection.execute(query).scalar_one())
+
+    async def consecutive_failures(self, task_name: str) -> int:
+        """How many of the task's jobs failed or timed out since its last success
+        (each attempt counts; cancelled jobs neither count nor break the run)."""
+        return await asyncio.to_thread(self._consecutive_failures, task_name)
+
+    def _consecutive_failures(self, task_name: str) -> int:
+        last_success = (
+            select(func.coalesce(func.max(JOBS.c.id), 0))
+            .where(JOBS.c.task_name == task_name, JOBS.c.state == "succeeded")
+            .scalar_subquery()
+        )
+        query = (
+            select(func.count())
+            .select_from(JOBS)
+            .where(
+                JOBS.c.task_name == task_name,
+                JOBS.c.state.in_(FAILURE_STATES),
+                JOBS.c.id > last_success,
+            )
+        )
+        with self.db.transaction(write=False) as connection:
+            return int(connection.execute(query).scalar_one())
+
+
+def _check_id(value: str, what: str) -> None:
+    if not value or len(value) > ID_LENGTH:
+        raise ValueError(f"{what} must be 1 to {ID_LENGTH} characters")
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError(f"{what} is a naive datetime: give a timezone-aware one")
+    return value.astimezone(UTC)
+
+
+def _json_object(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The mapping as JSON will give it back (so a stored copy compares equal), or
+    ``ValueError`` for what JSON cannot hold."""
+    try:
+        loaded = json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a JSON object: {exc}") from None
+    return cast(dict[str, Any], loaded)
+
+
+def _config(row: Row[Any]) -> StoredTaskConfig:
+    return StoredTaskConfig(
+        name=row.name,
+        config=dict(row.config_json or {}),
+        secrets_encrypted=row.secrets_encrypted,
+        version=row.version,
+        paused=bool(row.paused),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _job(row: Row[Any]) -> SchedulerJob:
+    return SchedulerJob(
+        id=row.id,
+        job_id=row.job_id,
+        task_name=row.task_name,
+        attempt=row.attempt,
+        priority=row.priority,
+        state=cast(JobState, row.state),
+        reason=row.reason,
+        fired_at=row.fired_at,
+        scheduled_for=row.scheduled_for,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        heartbeat_at=row.heartbeat_at,
+        worker=row.worker,
+        stats=dict(row.stats_json or {}),
+        log_ref=row.log_ref,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
