@@ -14,6 +14,7 @@ from crawlers.models.fetch_task import FETCH_TASK
 from crawlers.models.price_batch import PriceBatch
 from crawlers.models.regions import Region
 from crawlers.models.run_events import RunEvent
+from crawlers.models.task_config import TaskConfig
 from crawlers.models.validation import validation_error_text
 
 #: schema file name -> model, for the docs export
@@ -25,6 +26,7 @@ SCHEMAS: dict[str, TypeAdapter[object]] = {
     "status_message": TypeAdapter(StatusMessage),
     "run_event": TypeAdapter(RunEvent),
     "regions": TypeAdapter(list[Region]),
+    "task_config": TypeAdapter(TaskConfig),
 }
 
 __all__ = [
