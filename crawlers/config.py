@@ -328,6 +328,32 @@ class HydraConfig(BaseModel):
         '(`{"env": "VAR"}`). Never logged.',
         repr=False,
     )
+    scheduler_bind: str = Field(
+        "127.0.0.1:6820", description="host:port the `scrapy scheduler` API listens on."
+    )
+    readonly_api_keys: list[str] = Field(
+        default_factory=list,
+        description="Comma-separated keys that may only read the scheduler API (GET); "
+        "`HYDRA_API_KEYS` are operator keys. Never logged.",
+    )
+    tasks_file: str = Field(
+        "",
+        description="YAML/JSON file of task configs (`tasks: [...]`) the scheduler loads at "
+        "start-up and whenever the file changes.",
+    )
+    scheduler_jobs_dir: str = Field(
+        "output/scheduler-jobs",
+        description="Where the scheduler keeps each job's log and final stats (a folder each).",
+    )
+    scheduler_max_running: int = Field(
+        4, ge=1, description="Jobs the scheduler runs at once, over every task (global limit)."
+    )
+    smtp_url: str = Field(
+        "",
+        description="SMTP server for e-mail alerts, `smtp://[user:password@]host:port`; empty: "
+        "e-mail alerts are logged as not sent. Never logged with its password.",
+    )
+    alert_from: str = Field("hydra@localhost", description="Sender address of e-mail alerts.")
     task_kinds_base: dict[str, str] = Field(
         default_factory=lambda: {
             "price_batch": "crawlers.tasks.price_batches.PriceBatchKind",
@@ -381,6 +407,7 @@ class HydraConfig(BaseModel):
         "allowed_hosts",
         "secret_query_params",
         "api_keys",
+        "readonly_api_keys",
         mode="before",
     )
     @classmethod
@@ -482,9 +509,9 @@ class HydraConfig(BaseModel):
 
     @staticmethod
     def _redacted_value(field: str, value: Any) -> Any:
-        if field == "redis_url" and isinstance(value, str):
+        if field in ("redis_url", "smtp_url") and isinstance(value, str):
             return DEFAULT_REDACTOR.url(value)
-        if field in ("api_keys", "scrapyd_password", "scheduler_secret_key"):
+        if field in ("api_keys", "readonly_api_keys", "scrapyd_password", "scheduler_secret_key"):
             return "***"
         if field == "regions" and isinstance(value, str):
             return DEFAULT_REDACTOR.text(value)
