@@ -8,7 +8,9 @@ four sandbox regions, one banned midway and replaced by two neighbours. Then see
 003: a local FTP server, and the same channel fetched twice by ``scrapy crawl
 ftp`` (SQLite state, a local store, JSON-lines topics): the second job stores
 nothing new. Last, a web channel (``crawlers/demo_web.py``): the sandbox shop from
-new channel to generated v1, broken by an API change, healed to v2.
+new channel to generated v1, broken by an API change, healed to v2. And the
+scheduler (``crawlers/demo_scheduler.py``): a task every 3 s, a failing task
+retried and then alerting through a webhook.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 from pathlib import Path
 
 from crawlers.demo_hydra import run_hydra_demo
+from crawlers.demo_scheduler import run_scheduler_demo
 from crawlers.demo_web import run_web_demo
 from crawlers.sandbox import SandboxServer
 from crawlers.sandbox.ftp import FtpSandbox
@@ -152,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     code = run_demo(args.ids, args.refuse_rate, args.output)
     code = code or run_hydra_demo(args.hydra_ids, args.output)
     code = code or run_fetch_demo(args.output)
-    sys.exit(code or run_web_demo(args.output))
+    code = code or run_web_demo(args.output)
+    sys.exit(code or run_scheduler_demo(args.output))
 
 
 if __name__ == "__main__":
