@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +93,10 @@ def test_two_replicas_fire_each_trigger_once_and_at_the_right_instants(db_url: s
     # (the first may be the boundary just before the clock's start: created before it)
     minutes = [at for name, at in fired if name == "each-minute"]
     assert len(minutes) in (3, 4) and all(at.second == 0 for at in minutes)
-    assert all(b - a == timedelta(minutes=1) for a, b in zip(minutes, minutes[1:], strict=False))
+    assert all(b - a == timedelta(minutes=1) for a, b in pairwise(minutes))
     quarter = [at for name, at in fired if name == "every-15s"]
     assert len(quarter) in (12, 13) and all(at.second % 15 == 0 for at in quarter)
-    assert all(b - a == timedelta(seconds=15) for a, b in zip(quarter, quarter[1:], strict=False))
+    assert all(b - a == timedelta(seconds=15) for a, b in pairwise(quarter))
 
 
 def test_a_config_changed_while_running_is_applied_at_the_next_tick(db_url: str) -> None:
