@@ -354,6 +354,12 @@ class HydraConfig(BaseModel):
         "e-mail alerts are logged as not sent. Never logged with its password.",
     )
     alert_from: str = Field("hydra@localhost", description="Sender address of e-mail alerts.")
+    scheduler_heartbeat_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A running job whose scheduler has not reported on it for this long is "
+        "marked failed (its replica died) and retried by its task's policy.",
+    )
     task_kinds_base: dict[str, str] = Field(
         default_factory=lambda: {
             "price_batch": "crawlers.tasks.price_batches.PriceBatchKind",

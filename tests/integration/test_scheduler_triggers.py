@@ -6,6 +6,7 @@ recorded, not launched (launching is tested in test_scheduler_service.py)."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -16,7 +17,7 @@ from scrapy.settings import Settings
 
 from crawlers.config import HydraConfig
 from crawlers.db.state import StateDB
-from crawlers.models.task_config import TaskConfig
+from crawlers.models.task_config import RetryPolicy, TaskConfig
 from crawlers.services.scheduler.launcher import RunningJob
 from crawlers.services.scheduler.service import Scheduler
 from crawlers.services.scheduler.triggers import FakeClock
@@ -29,12 +30,15 @@ class RecordingLauncher:
 
     def __init__(self) -> None:
         self.started: list[str] = []
+        self.jobs_dir = Path("/nonexistent")
 
     async def start(self, job_id: str, task: TaskConfig, args: dict[str, str]) -> RunningJob:
         self.started.append(job_id)
         process = await asyncio.create_subprocess_exec("true")
         await process.wait()
-        return RunningJob(job_id, task.name, process, Path("/nonexistent"))
+        folder = Path(tempfile.mkdtemp(prefix="hydra-recorded-"))
+        (folder / "summary.json").write_text('{"stats": {"finish_reason": "finished"}}')
+        return RunningJob(job_id, task.name, process, folder)
 
     async def stop(self, job: RunningJob, *, kill_after: float = 30.0) -> None:
         return None
@@ -126,3 +130,40 @@ def test_a_config_changed_while_running_is_applied_at_the_next_tick(db_url: str)
     assert before == 6  # every 10 s for a minute
     assert after - before == 2  # then every 30 s
     assert paused == after  # and nothing while paused
+
+
+def test_a_dead_replicas_jobs_are_taken_over_queued_and_reaped_running(db_url: str) -> None:
+    async def scenario() -> None:
+        clock = FakeClock(_start())
+        dead, alive = _scheduler(db_url, clock), _scheduler(db_url, clock)
+        for replica in (dead, alive):
+            await replica.db.open()
+        task = _task("manual", {"trigger": "external"}).model_copy(
+            update={"retry": RetryPolicy(max_retries=1, backoff_seconds=5)}
+        )
+        await dead.put_task(task, "test")
+        queued = await dead.trigger("manual")  # queued in the dead replica's memory only
+        assert queued is not None
+        # a job the dead replica was running, last heard of two minutes ago
+        fired = clock.now() - timedelta(minutes=3)
+        await dead.store.create_job("manual-stale", "manual", 0, 50, fired, fired)
+        await dead.store.transition("manual-stale", "queued")
+        await dead.store.transition(
+            "manual-stale", "running", at=clock.now() - timedelta(minutes=2)
+        )
+        await alive.tick()
+        started = alive.launcher.started  # type: ignore[attr-defined]
+        assert started == [queued]  # taken over from the queue, run once, by the live one
+        record = await alive.store.job(queued)
+        assert record is not None and record.worker == alive.id
+        stale = await alive.store.job("manual-stale")
+        assert stale is not None and stale.state == "failed" and "no heartbeat" in stale.reason
+        retries = [j for j in await alive.store.jobs(task_name="manual") if j.attempt == 1]
+        assert len(retries) == 1 and retries[0].state == "pending"  # retried after back-off
+        clock.advance(10)
+        await dead.tick()  # the dead one wakes: nothing of it runs twice
+        assert queued not in dead.launcher.started  # type: ignore[attr-defined]
+        for replica in (dead, alive):
+            await replica.db.close()
+
+    asyncio.run(scenario())

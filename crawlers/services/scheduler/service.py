@@ -105,9 +105,46 @@ class Scheduler:
         now = self.clock.now()
         await self._load_tasks_file()
         await self._fire(now)
+        await self._adopt()
+        await self._reap(now)
         await self._release(now)
         await self._dispatch(now)
         await self._watch(now)
+
+    async def _adopt(self) -> None:
+        """Queued jobs this replica does not hold (a restarted or dead replica's) join
+        its queue: whichever replica's ``running`` transition wins, runs them."""
+        for record in await self.store.jobs(state="queued", limit=500):
+            if record.job_id in self.pending or record.job_id in self.running:
+                continue
+            task = await self.task(record.task_name)
+            if task is None:
+                await self.store.transition(record.job_id, "cancelled", "the task was deleted")
+                continue
+            job = FiredJob.of(task, record.fired_at, record.job_id)
+            self.pending[record.job_id] = _Pending(record.attempt, None, None, job)
+            self.queue.push(job)
+
+    async def _reap(self, now: datetime) -> None:
+        """Running jobs nobody has reported on for ``HYDRA_SCHEDULER_HEARTBEAT_SECONDS``
+        (their replica died) fail, and are retried by their task's policy."""
+        timeout = timedelta(seconds=self.config.scheduler_heartbeat_seconds)
+        for job_id in await self.store.stale_running(now - timeout):
+            if job_id in self.running:
+                continue
+            record = await self.store.job(job_id)
+            reason = "no heartbeat: the job's scheduler or worker died"
+            if record is None or not await self.store.transition(job_id, "failed", reason, at=now):
+                continue
+            task = await self.task(record.task_name)
+            if task is None:
+                continue
+            if record.attempt < task.retry.max_retries:
+                delay = retry_delay(task.retry, record.attempt + 1, self._rng)
+                due = now + timedelta(seconds=delay)
+                await self.enqueue(task, record.fired_at, attempt=record.attempt + 1, due=due)
+            else:
+                await self._alert(task, job_id, "failed", reason, {})
 
     # -- configs ---------------------------------------------------------------
 
@@ -210,19 +247,22 @@ class Scheduler:
         if task is None:
             await self.store.transition(fired.job_id, "cancelled", "the task was deleted")
             return
+        # the job is ours only if this transition is: another replica may hold it
+        log_ref = str(self.launcher.jobs_dir / fired.job_id / "job.log")
+        if not await self.store.transition(
+            fired.job_id, "running", "started", at=now, worker=self.id, log_ref=log_ref
+        ):
+            self.pending.pop(fired.job_id, None)
+            return
         try:
             args = {**task.spider_args(self.environ), **(pending.args or {})}
             job = await self.launcher.start(fired.job_id, task, args)
         except Exception as exc:  # a missing env secret, a spider that cannot start
             self.pending.pop(fired.job_id, None)
-            await self.store.transition(fired.job_id, "cancelled", f"not started: {exc}")
+            await self.store.transition(fired.job_id, "failed", f"not started: {exc}")
             await self._alert(task, fired.job_id, "failed", f"not started: {exc}", {})
             return
         self.running[fired.job_id] = job
-        await self.store.transition(
-            fired.job_id, "running", "started", at=now,
-            worker=f"local pid {job.process.pid}", log_ref=str(job.log_path),
-        )  # fmt: skip
 
     async def _watch(self, now: datetime) -> None:
         for job in list(self.running.values()):
