@@ -31,28 +31,15 @@ def _free_port() -> int:
         return port
 
 
-class SandboxServer:
-    """Context manager owning one sandbox process on a loopback port."""
+class SandboxProcess:
+    """A sandbox app in its own process on a loopback port: start it, wait until its
+    ``/healthz`` answers, stop it (terminate, then kill); stderr kept for errors."""
 
-    def __init__(
-        self,
-        *,
-        refuse_rate: float = 0.0,
-        seed: int = 0,
-        delay_seconds: float = 0.0,
-        fail_ids: frozenset[str] = frozenset(),
-        port: int | None = None,
-        tls: bool = False,
-        block_regions: dict[str, int] | None = None,
-    ) -> None:
-        self.block_regions = dict(block_regions or {})
-        self.refuse_rate = refuse_rate
-        self.seed = seed
-        self.delay_seconds = delay_seconds
-        self.fail_ids = fail_ids
+    #: for error messages: "sandbox", "shop"...
+    label = "sandbox"
+
+    def __init__(self, port: int | None = None) -> None:
         self._port = port if port is not None else _free_port()
-        self.tls = tls
-        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: a pipe nobody drains could fill up and stall the server.
         self._stderr: IO[bytes] | None = None
@@ -63,11 +50,7 @@ class SandboxServer:
 
     @property
     def base_url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._port}"
-
-    @property
-    def url_template(self) -> str:
-        return self.base_url + "/price/{id}"
+        return f"http://127.0.0.1:{self._port}"
 
     def __enter__(self) -> Self:
         self.start()
@@ -82,20 +65,17 @@ class SandboxServer:
         self.stop()
 
     def start(self) -> None:
+        raise NotImplementedError
+
+    def _launch(self, cmd: list[str], **env_extra: str) -> None:
+        """Run ``cmd`` with the repository importable, then wait until it is healthy."""
         if self._proc is not None:
-            raise RuntimeError("sandbox server already started")
+            raise RuntimeError(f"{self.label} server already started")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p
         )
-        cmd = [sys.executable, "-m", "crawlers.sandbox", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self._port), "--refuse-rate", repr(self.refuse_rate)]
-        cmd += ["--seed", str(self.seed), "--delay", repr(self.delay_seconds)]
-        cmd += ["--fail-ids", ",".join(sorted(self.fail_ids))]
-        for name, count in self.block_regions.items():
-            cmd += ["--block-region", f"{name}={count}"]
-        if self.tls:
-            cmd += self._certificate_options()
+        env.update(env_extra)
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self._proc = subprocess.Popen(
             cmd,
@@ -111,18 +91,8 @@ class SandboxServer:
             self.stop()
             raise
 
-    def _certificate_options(self) -> list[str]:
-        self._tls_dir = tempfile.TemporaryDirectory(prefix="sandbox-tls-")
-        certfile, keyfile = self_signed(Path(self._tls_dir.name))
-        return ["--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile)]
-
     def _open(self, request: urllib.request.Request | str, timeout: float) -> Any:
-        context = None
-        if self.tls:  # our own throwaway certificate
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return urllib.request.urlopen(request, timeout=timeout, context=context)
+        return urllib.request.urlopen(request, timeout=timeout)
 
     def _wait_until_healthy(self) -> None:
         assert self._proc is not None
@@ -130,7 +100,7 @@ class SandboxServer:
         while True:
             if self._proc.poll() is not None:
                 raise RuntimeError(
-                    f"sandbox exited with {self._proc.returncode}: {self._read_stderr()}"
+                    f"{self.label} exited with {self._proc.returncode}: {self._read_stderr()}"
                 )
             try:
                 with self._open(self.base_url + "/healthz", timeout=1.0) as resp:
@@ -140,7 +110,7 @@ class SandboxServer:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"sandbox not healthy after {_START_TIMEOUT:.0f}s: {self._read_stderr()}"
+                    f"{self.label} not healthy after {_START_TIMEOUT:.0f}s: {self._read_stderr()}"
                 )
             time.sleep(0.05)
 
@@ -162,6 +132,65 @@ class SandboxServer:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+
+
+class SandboxServer(SandboxProcess):
+    """Context manager owning one sandbox price API process on a loopback port."""
+
+    def __init__(
+        self,
+        *,
+        refuse_rate: float = 0.0,
+        seed: int = 0,
+        delay_seconds: float = 0.0,
+        fail_ids: frozenset[str] = frozenset(),
+        port: int | None = None,
+        tls: bool = False,
+        block_regions: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(port)
+        self.block_regions = dict(block_regions or {})
+        self.refuse_rate = refuse_rate
+        self.seed = seed
+        self.delay_seconds = delay_seconds
+        self.fail_ids = fail_ids
+        self.tls = tls
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._port}"
+
+    @property
+    def url_template(self) -> str:
+        return self.base_url + "/price/{id}"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "crawlers.sandbox", "--host", "127.0.0.1"]
+        cmd += ["--port", str(self._port), "--refuse-rate", repr(self.refuse_rate)]
+        cmd += ["--seed", str(self.seed), "--delay", repr(self.delay_seconds)]
+        cmd += ["--fail-ids", ",".join(sorted(self.fail_ids))]
+        for name, count in self.block_regions.items():
+            cmd += ["--block-region", f"{name}={count}"]
+        if self.tls:
+            cmd += self._certificate_options()
+        self._launch(cmd)
+
+    def _certificate_options(self) -> list[str]:
+        self._tls_dir = tempfile.TemporaryDirectory(prefix="sandbox-tls-")
+        certfile, keyfile = self_signed(Path(self._tls_dir.name))
+        return ["--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile)]
+
+    def _open(self, request: urllib.request.Request | str, timeout: float) -> Any:
+        context = None
+        if self.tls:  # our own throwaway certificate
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return urllib.request.urlopen(request, timeout=timeout, context=context)
+
+    def stop(self) -> None:
+        super().stop()
         if self._tls_dir is not None:
             self._tls_dir.cleanup()
             self._tls_dir = None

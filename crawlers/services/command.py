@@ -1,0 +1,53 @@
+"""What the HTTP services' Scrapy commands share (``scrapy controller``, ``scrapy
+scheduler``): the typed config as a usage error, ``--bind``, the API keys, uvicorn.
+
+It lives outside ``crawlers/commands/`` because Scrapy registers every command
+class found there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import uvicorn
+from scrapy.commands import ScrapyCommand
+from scrapy.exceptions import UsageError
+
+from crawlers.config import HydraConfig, HydraConfigError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from fastapi import FastAPI
+
+
+class ServiceCommand(ScrapyCommand):
+    requires_project = True
+    #: the command's name and its bind setting, for messages and ``--bind``'s default
+    service: ClassVar[str] = ""
+    bind_setting: ClassVar[str] = ""
+
+    def syntax(self) -> str:
+        return "[options]"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        parser.add_argument("--bind", help=f"host:port (default: {self.bind_setting})")
+
+    def service_config(self) -> HydraConfig:
+        """The settings, or a usage error (exit 2) naming each bad one; keys required."""
+        assert self.settings is not None
+        try:
+            config = HydraConfig.from_settings(self.settings)
+        except HydraConfigError as exc:
+            raise UsageError("\n".join(exc.problems)) from None
+        if not config.api_keys:
+            raise UsageError(f"scrapy {self.service} needs HYDRA_API_KEYS (comma-separated keys)")
+        return config
+
+    def serve(self, app: FastAPI, bind: str) -> None:
+        host, _, port = bind.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--bind/{self.bind_setting}: expected host:port, got {bind!r}")
+        uvicorn.run(app, host=host, port=int(port), log_level="info", access_log=False)
+        self.exitcode = 0
