@@ -98,6 +98,12 @@ class Intake:
                     return
                 await self._wait_for_change(self.config.queue_poll_max_seconds)
                 continue
+            if self._stopping.is_set() and result.deliveries:
+                # a claim that was in flight while the ledger gave its runs back: these
+                # were never admitted, so they go straight back too (not left leased)
+                with contextlib.suppress(Exception):  # else they return at lease expiry
+                    await queue.release([d.lease_id for d in result.deliveries])
+                return
             # every delivery is held by this worker from here on: admit them all
             # before yielding, so none is forgotten if the consumer stops early
             admitted = [self._admit(delivery) for delivery in result.deliveries]
