@@ -37,10 +37,13 @@ def test_two_processes_share_the_queue_each_with_its_own_file(
 ) -> None:
     ids = [f"id-{n}" for n in range(400)]
     _push(redis_client, ids)
-    with SandboxServer(delay_seconds=0.01) as sandbox:
+    # Alone, one process needs ~10 s for all of it (2 batches at a time, 50 ms per ID):
+    # far longer than the other process can lag behind in starting, even on a slow CI host.
+    with SandboxServer(delay_seconds=0.05) as sandbox:
         env = worker_env(
             HYDRA_REDIS_URL=redis_server.url,
             HYDRA_PRICE_URL_TEMPLATE=sandbox.url_template,
+            HYDRA_QUEUE_PREFETCH=2,
             HYDRA_IDLE_CLOSE_SECONDS=1,
             HYDRA_SINKS=f"jsonl://{tmp_path}/out.jsonl",
         )
