@@ -360,6 +360,46 @@ class HydraConfig(BaseModel):
         description="A running job whose scheduler has not reported on it for this long is "
         "marked failed (its replica died) and retried by its task's policy.",
     )
+    scheduler_nodes: list[str] = Field(
+        default_factory=list,
+        description="Scrapyd nodes the scheduler runs jobs on, comma-separated URLs; a "
+        "`#slots=N` suffix sets how many jobs a node takes at once (default 4). Empty: "
+        "jobs run as local `scrapy crawl` processes. Auth: `HYDRA_SCRAPYD_USERNAME` and "
+        "`HYDRA_SCRAPYD_PASSWORD`; project: `HYDRA_SCRAPYD_PROJECT`.",
+    )
+    scheduler_node_retry_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A Scrapyd node that did not answer is skipped for this long, then tried "
+        "again.",
+    )
+    job_status_stream: str = Field(
+        "hydra:jobs:status",
+        description="Stream (Redis) or topic file (embedded) where jobs the scheduler started "
+        "report running, progress, heartbeats and their end (the `JobStatusReporter` "
+        "extension).",
+    )
+    job_heartbeat_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often a scheduled job reports progress and that it is alive.",
+    )
+    job_id: str = Field(
+        "",
+        description="Set by the scheduler on each job it starts (environment or Scrapyd job "
+        "setting): the `JobStatusReporter` extension reports under this ID. Empty: the "
+        "crawl was not started by the scheduler and reports nothing.",
+    )
+    scheduler_config_topic: str = Field(
+        "hydra:scheduler:configs",
+        description="Stream on which a task config change made through one scheduler replica "
+        "reaches every other replica (with `HYDRA_REDIS_URL`).",
+    )
+    scheduler_trigger_stream: str = Field(
+        "hydra:scheduler:triggers",
+        description='Stream other systems `XADD` trigger messages to (`{"task": ..., '
+        '"args": {...}}` in a `message` field; needs `HYDRA_REDIS_URL`).',
+    )
     task_kinds_base: dict[str, str] = Field(
         default_factory=lambda: {
             "price_batch": "crawlers.tasks.price_batches.PriceBatchKind",
@@ -414,6 +454,7 @@ class HydraConfig(BaseModel):
         "secret_query_params",
         "api_keys",
         "readonly_api_keys",
+        "scheduler_nodes",
         mode="before",
     )
     @classmethod
