@@ -33,4 +33,7 @@ LOG_FORMATTER = "crawlers.logformatter.QuietLogFormatter"
 EXTENSIONS = {
     # credentials in URLs and messages are masked in every log line
     "crawlers.extensions.log_redaction.LogRedaction": 0,
+    # a crawl the scheduler started (HYDRA_JOB_ID) reports running, progress and its end;
+    # after CoreStats (0), so its final stats carry finish_reason
+    "crawlers.extensions.job_status.JobStatusReporter": 900,
 }

@@ -11,6 +11,7 @@ from pydantic import TypeAdapter
 from crawlers.models.deadletter import DeadLetterEntry
 from crawlers.models.fetch_messages import ParsersMessage, StatusMessage
 from crawlers.models.fetch_task import FETCH_TASK
+from crawlers.models.job_status import JobStatusEvent, TriggerMessage
 from crawlers.models.price_batch import PriceBatch
 from crawlers.models.regions import Region
 from crawlers.models.run_events import RunEvent
@@ -27,16 +28,20 @@ SCHEMAS: dict[str, TypeAdapter[object]] = {
     "run_event": TypeAdapter(RunEvent),
     "regions": TypeAdapter(list[Region]),
     "task_config": TypeAdapter(TaskConfig),
+    "job_status_event": TypeAdapter(JobStatusEvent),
+    "trigger_message": TypeAdapter(TriggerMessage),
 }
 
 __all__ = [
     "FETCH_TASK",
     "SCHEMAS",
     "DeadLetterEntry",
+    "JobStatusEvent",
     "ParsersMessage",
     "PriceBatch",
     "Region",
     "RunEvent",
     "StatusMessage",
+    "TriggerMessage",
     "validation_error_text",
 ]

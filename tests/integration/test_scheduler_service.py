@@ -72,6 +72,7 @@ def api(tmp_path: Path) -> Iterator[TestClient]:
                 "HYDRA_API_KEYS": OPERATOR,
                 "HYDRA_READONLY_API_KEYS": READER,
                 "HYDRA_SCHEDULER_JOBS_DIR": str(tmp_path / "jobs"),
+                "HYDRA_TOPICS_PATH": str(tmp_path / "topics"),
                 "HYDRA_SCHEDULER_SECRET_KEY": generate_key(),
             }
         )

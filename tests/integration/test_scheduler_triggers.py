@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from scrapy.settings import Settings
 
 from crawlers.config import HydraConfig
@@ -21,6 +23,7 @@ from crawlers.models.task_config import RetryPolicy, TaskConfig
 from crawlers.services.scheduler.launcher import RunningJob
 from crawlers.services.scheduler.service import Scheduler
 from crawlers.services.scheduler.triggers import FakeClock
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +47,10 @@ class RecordingLauncher:
         return None
 
 
-def _scheduler(url: str, clock: FakeClock) -> Scheduler:
-    config = HydraConfig.from_settings(Settings({"HYDRA_DB_URL": url, "HYDRA_API_KEYS": "k"}))
+def _scheduler(url: str, clock: FakeClock, **settings: str) -> Scheduler:
+    config = HydraConfig.from_settings(
+        Settings({"HYDRA_DB_URL": url, "HYDRA_API_KEYS": "k", **settings})
+    )
     scheduler = Scheduler(config, StateDB(url), clock=clock)
     scheduler.launcher = RecordingLauncher()  # type: ignore[assignment]
     return scheduler
@@ -118,7 +123,7 @@ def test_a_config_changed_while_running_is_applied_at_the_next_tick(db_url: str)
             clock.advance(10)
             await scheduler.tick()
         after = len(await scheduler.store.jobs(task_name="changing"))
-        await scheduler.store.set_paused("changing", True, "api")
+        await scheduler.set_paused("changing", True, "api")  # like POST /tasks/{name}/pause
         for _ in range(6):
             clock.advance(10)
             await scheduler.tick()
@@ -130,6 +135,43 @@ def test_a_config_changed_while_running_is_applied_at_the_next_tick(db_url: str)
     assert before == 6  # every 10 s for a minute
     assert after - before == 2  # then every 30 s
     assert paused == after  # and nothing while paused
+
+
+def test_a_change_through_one_replica_reaches_another_by_the_config_topic(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Replica B works from its cache; A's API change must reach it at its next tick
+    (not at the 30 s resync): B's fires follow the new schedule at once."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        clock = FakeClock(_start())
+        url = f"sqlite:///{tmp_path}/state.db"
+        a, b = (_scheduler(url, clock, HYDRA_REDIS_URL=redis_server.url) for _ in range(2))
+        for replica in (a, b):
+            await replica.db.open()
+            await replica.feeds.open()
+        await a.put_task(_task("moving", {"every": "1h"}), "api")
+        await b.configs.load()
+        b.configs._synced = time.monotonic()  # no resync during the test: only the topic
+        await a.set_paused("moving", True, "api")
+        await b.tick()
+        paused = b.configs.get("moving")
+        await a.set_paused("moving", False, "api")
+        await a.put_task(_task("moving", {"every": "10s"}), "api")
+        await a.put_task(_task("fresh", {"every": "10s"}), "api")
+        for _ in range(3):
+            clock.advance(10)
+            await b.tick()  # only B ticks: A made the changes, B must fire them
+        fired = sorted({job.task_name for job in await b.store.jobs(limit=100)})
+        states = [f"paused={paused.paused}" if paused else "missing"]
+        for replica in (a, b):
+            await replica.feeds.close()
+            await replica.db.close()
+        return states, fired
+
+    states, fired = asyncio.run(scenario())
+    assert states == ["paused=True"]
+    assert fired == ["fresh", "moving"]  # the new schedule and the new task, from B
 
 
 def test_a_dead_replicas_jobs_are_taken_over_queued_and_reaped_running(db_url: str) -> None:

@@ -46,14 +46,20 @@ class RunningJob:
 
 
 class LocalJobLauncher:
-    def __init__(self, jobs_dir: Path, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        jobs_dir: Path,
+        environ: dict[str, str] | None = None,
+        report_env: dict[str, str] | None = None,
+    ) -> None:
         self.jobs_dir = jobs_dir
         self.environ = dict(os.environ) if environ is None else environ
+        self.report_env = report_env or {}
 
     async def start(self, job_id: str, task: TaskConfig, args: dict[str, str]) -> RunningJob:
         folder = self.jobs_dir / job_id
         folder.mkdir(parents=True, exist_ok=True)
-        env = dict(self.environ)
+        env = {**self.environ, **self.report_env}
         command = [sys.executable, "-m", "scrapy", "crawl", task.spider]
         for name, value in args.items():
             command += ["-a", f"{name}={value}"]
@@ -64,6 +70,9 @@ class LocalJobLauncher:
             else:
                 command += ["-s", f"{name}={text}"]
         env["HYDRA_SUMMARY_PATH"] = str(folder / "summary.json")
+        env["HYDRA_JOB_ID"] = job_id  # its JobStatusReporter reports under this ID
+        if "HYDRA_JOB_STATUS_STREAM" in self.report_env:  # where the scheduler listens
+            env["HYDRA_JOB_STATUS_STREAM"] = self.report_env["HYDRA_JOB_STATUS_STREAM"]
         command += ["-s", f"LOG_FILE={folder / 'job.log'}"]
         process = await asyncio.create_subprocess_exec(
             *command, cwd=project_root(), env=env, stdin=asyncio.subprocess.DEVNULL,

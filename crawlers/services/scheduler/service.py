@@ -9,19 +9,27 @@ task's ``expect`` decide ``succeeded`` or ``failed`` (a job past its timeout is
 stopped and ``timed_out``); a failure is retried with back-off and jitter up to
 ``retry.max_retries``, then the task's alert rules are applied. Every state
 change is stored with its reason (the job's history).
+
+Jobs report through the status stream (:mod:`crawlers.extensions.job_status`):
+running, progress, heartbeats and their end, so any replica can judge a job it
+did not start (another replica's, or one on a Scrapyd node, see
+:mod:`crawlers.services.scheduler.remote`). Configs are served from an
+in-memory cache (:mod:`crawlers.services.scheduler.configs`) that a change made
+anywhere reaches through the config topic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crawlers.config import HydraConfig, project_path
 from crawlers.db.scheduler_models import JobState
@@ -29,11 +37,17 @@ from crawlers.db.state import StateDB
 from crawlers.models.task_config import EmailAlert, EnvRef, SecretValue, TaskConfig, load_task_file
 from crawlers.queues import new_worker_id
 from crawlers.services.scheduler.alerts import Alerter
+from crawlers.services.scheduler.configs import ConfigCache
+from crawlers.services.scheduler.feeds import build_feeds
 from crawlers.services.scheduler.launcher import LocalJobLauncher, RunningJob
 from crawlers.services.scheduler.queue import FiredJob, PriorityDispatcher, retry_delay
+from crawlers.services.scheduler.reports import StreamIntake
 from crawlers.services.scheduler.secrets import SecretBox
-from crawlers.services.scheduler.store import SchedulerStore
-from crawlers.services.scheduler.triggers import Clock, SystemClock, due_fires
+from crawlers.services.scheduler.store import MAX_PAGE, SchedulerStore
+from crawlers.services.scheduler.triggers import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from crawlers.services.scheduler.remote import RemoteJobs
 
 logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.5
@@ -57,31 +71,56 @@ class Scheduler:
         clock: Clock | None = None,
         environ: dict[str, str] | None = None,
     ) -> None:
-        import os
-
         self.config = config
         self.db = db
         self.clock = clock or SystemClock()
         self.environ = dict(os.environ) if environ is None else environ
+        self.id = new_worker_id()
         self.store = SchedulerStore(db)
         self.box = SecretBox.from_config(config)
-        self.launcher = LocalJobLauncher(project_path(config.scheduler_jobs_dir), self.environ)
+        self.configs = ConfigCache(self.store, self.box)
+        self.feeds = build_feeds(config, self.id)
+        self.launcher = LocalJobLauncher(
+            project_path(config.scheduler_jobs_dir), self.environ, self.report_env()
+        )
+        self.remote: RemoteJobs | None = None
+        self.intake = StreamIntake(self)
         self.alerter = Alerter(config)
-        self.id = new_worker_id()
         self.queue = PriorityDispatcher()
         self.running: dict[str, RunningJob] = {}
         self.pending: dict[str, _Pending] = {}
+        #: final stats local jobs reported on the status stream, until their process ends
+        self.reported: dict[str, dict[str, Any]] = {}
         self._tasks_file_mtime = 0.0
         self._loop: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._rng = random.Random()
 
+    def report_env(self) -> dict[str, str]:
+        """Where a job the scheduler starts reports (a task's own settings may not move
+        the stream; they may pick another Redis or topics folder for their data)."""
+        return {
+            "HYDRA_JOB_STATUS_STREAM": self.config.job_status_stream,
+            "HYDRA_JOB_HEARTBEAT_SECONDS": repr(self.config.job_heartbeat_seconds),
+            "HYDRA_TOPICS_PATH": str(project_path(self.config.topics_path)),
+            **({"HYDRA_REDIS_URL": self.config.redis_url} if self.config.redis_url else {}),
+        }
+
     # -- lifecycle -------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, ticking: bool = True) -> None:
+        """Open the database and streams and load the configs; then tick every
+        :data:`TICK_SECONDS` (``ticking=False``: the caller ticks, as tests do)."""
         await self.db.open()
+        await self.feeds.open()
         await self._load_tasks_file()
-        self._loop = asyncio.ensure_future(self._run())
+        await self.configs.load()
+        if self.config.scheduler_nodes:
+            from crawlers.services.scheduler.remote import RemoteJobs
+
+            self.remote = RemoteJobs(self)
+        if ticking:
+            self._loop = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -91,6 +130,9 @@ class Scheduler:
         for job in list(self.running.values()):
             await self.launcher.stop(job)
             await self._judge(job, self.clock.now())
+        if self.remote is not None:
+            await self.remote.close()
+        await self.feeds.close()
         await self.db.close()
 
     async def _run(self) -> None:
@@ -104,55 +146,59 @@ class Scheduler:
     async def tick(self) -> None:
         now = self.clock.now()
         await self._load_tasks_file()
+        await self._sync_configs()
         await self._fire(now)
+        await self.intake.take_triggers(now)
+        await self.intake.take_status(now)
         await self._adopt()
         await self._reap(now)
         await self._release(now)
         await self._dispatch(now)
         await self._watch(now)
-
-    async def _adopt(self) -> None:
-        """Queued jobs this replica does not hold (a restarted or dead replica's) join
-        its queue: whichever replica's ``running`` transition wins, runs them."""
-        for record in await self.store.jobs(state="queued", limit=500):
-            if record.job_id in self.pending or record.job_id in self.running:
-                continue
-            task = await self.task(record.task_name)
-            if task is None:
-                await self.store.transition(record.job_id, "cancelled", "the task was deleted")
-                continue
-            job = FiredJob.of(task, record.fired_at, record.job_id)
-            self.pending[record.job_id] = _Pending(record.attempt, None, None, job)
-            self.queue.push(job)
-
-    async def _reap(self, now: datetime) -> None:
-        """Running jobs nobody has reported on for ``HYDRA_SCHEDULER_HEARTBEAT_SECONDS``
-        (their replica died) fail, and are retried by their task's policy."""
-        timeout = timedelta(seconds=self.config.scheduler_heartbeat_seconds)
-        for job_id in await self.store.stale_running(now - timeout):
-            if job_id in self.running:
-                continue
-            record = await self.store.job(job_id)
-            reason = "no heartbeat: the job's scheduler or worker died"
-            if record is None or not await self.store.transition(job_id, "failed", reason, at=now):
-                continue
-            task = await self.task(record.task_name)
-            if task is None:
-                continue
-            if record.attempt < task.retry.max_retries:
-                delay = retry_delay(task.retry, record.attempt + 1, self._rng)
-                due = now + timedelta(seconds=delay)
-                await self.enqueue(task, record.fired_at, attempt=record.attempt + 1, due=due)
-            else:
-                await self._alert(task, job_id, "failed", reason, {})
+        if self.remote is not None:
+            await self.remote.reconcile(now)
 
     # -- configs ---------------------------------------------------------------
 
     async def put_task(self, task: TaskConfig, changed_by: str) -> int:
         public, secrets = task.split_secrets()
-        return await self.store.put_config(task.name, public, self.box.seal(secrets), changed_by)
+        sealed = self.box.seal(secrets)
+        version = await self.store.put_config(task.name, public, sealed, changed_by)
+        await self._changed(task.name, version)
+        return version
+
+    async def set_paused(self, name: str, paused: bool, changed_by: str) -> int:
+        version = await self.store.set_paused(name, paused, changed_by)
+        await self._changed(name, version)
+        return version
+
+    async def delete_task(self, name: str, changed_by: str) -> bool:
+        deleted = await self.store.delete_config(name, changed_by)
+        if deleted:
+            await self._changed(name, 0)
+        return deleted
+
+    async def _changed(self, name: str, version: int) -> None:
+        """Apply a change here at once, and tell the other replicas (a lost notice is
+        caught by the cache's periodic resync)."""
+        await self.configs.reload(name)
+        try:
+            await self.feeds.publish_config(name, version)
+        except Exception as exc:
+            logger.warning("Config change of %s not published: %s", name, type(exc).__name__)
+
+    async def _sync_configs(self) -> None:
+        try:
+            names = await self.feeds.config_changes()
+        except Exception as exc:
+            logger.warning("Config topic unreadable: %s", type(exc).__name__)
+            names = []
+        for name in dict.fromkeys(names):
+            await self.configs.reload(name)
+        await self.configs.resync()
 
     async def task(self, name: str) -> TaskConfig | None:
+        """The task as stored now (the API's view; the engine works from its cache)."""
         stored = await self.store.get_config(name)
         if stored is None:
             return None
@@ -179,19 +225,12 @@ class Scheduler:
             await self.put_task(task, f"file:{Path(path).name}")
         logger.info("Loaded %d task configs from %s", len(tasks), path)
 
-    # -- firing ----------------------------------------------------------------
+    # -- firing and triggers ---------------------------------------------------
 
     async def _fire(self, now: datetime) -> None:
-        for stored in await self.store.list_configs():
-            if stored.paused:
-                continue
-            task = await self.task(stored.name)
-            if task is None:
-                continue
-            last = await self.store.last_fire(task.name) or stored.created_at
-            for fire in due_fires(task.schedule, last, now, task.missed):
-                if await self.store.claim_fire(task.name, fire, self.id):
-                    await self.enqueue(task, fire, attempt=0)
+        for task, fire in self.configs.due(now):
+            if await self.store.claim_fire(task.name, fire, self.id):
+                await self.enqueue(task, fire, attempt=0)
 
     async def trigger(self, name: str, args: dict[str, str] | None = None) -> str | None:
         """Run a task now (the API's trigger and the webhook): a job of its own."""
@@ -208,8 +247,9 @@ class Scheduler:
         attempt: int,
         args: dict[str, str] | None = None,
         due: datetime | None = None,
+        job_id: str | None = None,
     ) -> str:
-        job_id = f"{task.name}-{fire:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        job_id = job_id or f"{task.name}-{fire:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         await self.store.create_job(job_id, task.name, attempt, task.priority, fire, due or fire)
         job = FiredJob.of(task, fire, job_id)
         self.pending[job_id] = _Pending(attempt, args, due, job)
@@ -226,13 +266,51 @@ class Scheduler:
                 await self.store.transition(job_id, "queued", f"retry {pending.attempt}")
                 self.queue.push(pending.job)
 
+    async def _adopt(self) -> None:
+        """Queued jobs this replica does not hold (a restarted or dead replica's) join
+        its queue: whichever replica's ``running`` transition wins, runs them."""
+        for record in await self.store.jobs(state="queued", limit=500):
+            if record.job_id in self.pending or record.job_id in self.running:
+                continue
+            task = self.configs.get(record.task_name)
+            if task is None:
+                await self.store.transition(record.job_id, "cancelled", "the task was deleted")
+                continue
+            job = FiredJob.of(task, record.fired_at, record.job_id)
+            self.pending[record.job_id] = _Pending(record.attempt, None, None, job)
+            self.queue.push(job)
+
+    # -- status reports --------------------------------------------------------
+
+    async def _reap(self, now: datetime) -> None:
+        """Running jobs nobody has reported on for ``HYDRA_SCHEDULER_HEARTBEAT_SECONDS``
+        (their worker, node or replica died) fail, and are retried by their task's policy."""
+        timeout = timedelta(seconds=self.config.scheduler_heartbeat_seconds)
+        for job_id in await self.store.stale_running(now - timeout):
+            if job_id in self.running:
+                continue
+            record = await self.store.job(job_id)
+            if record is None:
+                continue
+            reason = "no heartbeat: the job's worker, node or scheduler died"
+            await self.settle(job_id, record.task_name, "failed", reason, record.stats, now)
+
     # -- running ---------------------------------------------------------------
 
     async def _dispatch(self, now: datetime) -> None:
+        if not len(self.queue):
+            return
         running: dict[str, list[str]] = defaultdict(list)
+        for record in await self.store.jobs(state="running", limit=MAX_PAGE):
+            running[record.task_name].append(record.job_id)
         for job in self.running.values():
-            running[job.task].append(job.job_id)
-        turn = self.queue.dispatch(running, self.config.scheduler_max_running)
+            if job.job_id not in running[job.task]:
+                running[job.task].append(job.job_id)
+        limit = self.config.scheduler_max_running
+        if self.remote is not None:  # the nodes' free slots bound what starts now
+            counted = sum(len(ids) for ids in running.values())
+            limit = min(limit, counted + await self.remote.free_slots())
+        turn = self.queue.dispatch(running, limit)
         for skipped in turn.skipped:
             self.pending.pop(skipped.job.job_id, None)
             await self.store.transition(skipped.job.job_id, "cancelled", skipped.reason)
@@ -243,12 +321,15 @@ class Scheduler:
 
     async def _start(self, fired: FiredJob, now: datetime) -> None:
         pending = self.pending.get(fired.job_id) or _Pending(0)
-        task = await self.task(fired.task)
+        task = self.configs.get(fired.task)
         if task is None:
             await self.store.transition(fired.job_id, "cancelled", "the task was deleted")
             return
+        if self.remote is not None:
+            log_ref = None
+        else:
+            log_ref = str(self.launcher.jobs_dir / fired.job_id / "job.log")
         # the job is ours only if this transition is: another replica may hold it
-        log_ref = str(self.launcher.jobs_dir / fired.job_id / "job.log")
         if not await self.store.transition(
             fired.job_id, "running", "started", at=now, worker=self.id, log_ref=log_ref
         ):
@@ -256,81 +337,88 @@ class Scheduler:
             return
         try:
             args = {**task.spider_args(self.environ), **(pending.args or {})}
-            job = await self.launcher.start(fired.job_id, task, args)
-        except Exception as exc:  # a missing env secret, a spider that cannot start
-            self.pending.pop(fired.job_id, None)
-            await self.store.transition(fired.job_id, "failed", f"not started: {exc}")
-            await self._alert(task, fired.job_id, "failed", f"not started: {exc}", {})
-            return
-        self.running[fired.job_id] = job
+            if self.remote is not None:
+                await self.remote.start(fired.job_id, task, args)
+                return
+            self.running[fired.job_id] = await self.launcher.start(fired.job_id, task, args)
+        except Exception as exc:  # a missing env secret, a spider or node that cannot start
+            reason = f"not started: {self.config.redactor.text(str(exc))}"
+            await self.settle(fired.job_id, task.name, "failed", reason, {}, now)
 
     async def _watch(self, now: datetime) -> None:
+        if any(job.process.returncode is not None for job in self.running.values()):
+            await self.intake.take_status(now)  # the final stats a job sent before it exited
         for job in list(self.running.values()):
             if job.process.returncode is not None:
                 await self._judge(job, now)
                 continue
             await self.store.heartbeat(job.job_id, now)
-            task = await self.task(job.task)
+            task = self.configs.get(job.task)
             record = await self.store.job(job.job_id)
             started = record.started_at if record is not None else None
             limit = task.timeout_seconds if task is not None else None
             if limit and started and now - started > timedelta(seconds=limit):
                 await self.launcher.stop(job, kill_after=10)
                 reason = f"ran longer than its timeout ({limit:g} s)"
-                await self._finish(job, "timed_out", reason, job.stats(), now)
+                await self.settle(job.job_id, job.task, "timed_out", reason, job.stats(), now)
 
     async def _judge(self, job: RunningJob, now: datetime) -> None:
         await job.process.wait()
-        stats = job.stats()
-        task = await self.task(job.task)
+        stats = self.reported.pop(job.job_id, None) or job.stats()
+        task = self.configs.get(job.task)
         problems = []
         if job.process.returncode != 0:
             problems.append(f"exit status {job.process.returncode}")
         if task is not None:
             problems += task.expect.violations(stats)
-        await self._finish(
-            job, "failed" if problems else "succeeded", "; ".join(problems), stats, now
-        )
+        state: JobState = "failed" if problems else "succeeded"
+        await self.settle(job.job_id, job.task, state, "; ".join(problems), stats, now)
 
-    async def _finish(
-        self, job: RunningJob, state: JobState, reason: str, stats: dict[str, Any], now: datetime
+    async def settle(
+        self,
+        job_id: str,
+        task_name: str,
+        state: JobState,
+        reason: str,
+        stats: dict[str, Any],
+        now: datetime,
     ) -> None:
-        self.running.pop(job.job_id, None)
-        pending = self.pending.pop(job.job_id, None) or _Pending(0)
-        await self.store.transition(job.job_id, state, reason, at=now, stats_json=_plain(stats))
-        task = await self.task(job.task)
-        if task is None:
+        """End a job (whoever ran it); a failure is retried by policy, then alerted.
+        Only the caller whose transition wins goes on, so two replicas that both see a
+        job end never both retry it."""
+        self.running.pop(job_id, None)
+        self.reported.pop(job_id, None)
+        pending = self.pending.pop(job_id, None)
+        if not await self.store.transition(job_id, state, reason, at=now, stats_json=_plain(stats)):
             return
-        if state in FAILED_STATES and pending.attempt < task.retry.max_retries:
-            attempt = pending.attempt + 1
+        record = await self.store.job(job_id)
+        task = self.configs.get(task_name)
+        if task is None or record is None:
+            return
+        if state in FAILED_STATES and record.attempt < task.retry.max_retries:
+            attempt = record.attempt + 1
             delay = retry_delay(task.retry, attempt, self._rng)
-            record = await self.store.job(job.job_id)
-            fire = record.fired_at if record is not None else now
+            args = pending.args if pending is not None else None
             due = now + timedelta(seconds=delay)
-            retry = await self.enqueue(task, fire, attempt=attempt, args=pending.args, due=due)
+            retry = await self.enqueue(task, record.fired_at, attempt=attempt, args=args, due=due)
             logger.warning(
                 "Job %s %s (%s); retry %d as %s in %.1f s",
-                job.job_id,
-                state,
-                reason,
-                attempt,
-                retry,
-                delay,
-            )
+                job_id, state, reason, attempt, retry, delay,
+            )  # fmt: skip
             return
-        await self._alert(task, job.job_id, state, reason, stats)
+        await self._alert(task, job_id, state, reason, stats)
 
     async def cancel(self, job_id: str, reason: str = "cancelled by an operator") -> bool:
-        job = self.running.get(job_id)
+        job = self.running.pop(job_id, None)
+        self.pending.pop(job_id, None)
         if job is not None:
-            self.running.pop(job_id, None)
-            self.pending.pop(job_id, None)
             await self.launcher.stop(job)
             return await self.store.transition(
                 job_id, "cancelled", reason, stats_json=_plain(job.stats())
             )
         self.queue.remove(job_id)
-        self.pending.pop(job_id, None)
+        if self.remote is not None:
+            await self.remote.cancel(job_id)
         return await self.store.transition(job_id, "cancelled", reason)
 
     # -- alerts ----------------------------------------------------------------

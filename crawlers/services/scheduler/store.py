@@ -382,6 +382,25 @@ class SchedulerStore:
             found: datetime | None = connection.execute(query).scalar()
         return found
 
+    async def last_fires(self) -> dict[str, datetime]:
+        """When each task last fired: :meth:`last_fire` for every task in one query."""
+        return await asyncio.to_thread(self._last_fires)
+
+    def _last_fires(self) -> dict[str, datetime]:
+        query = select(FIRES.c.task_name, func.max(FIRES.c.fire_at)).group_by(FIRES.c.task_name)
+        with self.db.transaction(write=False) as connection:
+            return {str(name): _utc(at, "fire_at") for name, at in connection.execute(query)}
+
+    async def config_versions(self) -> dict[str, tuple[int, bool]]:
+        """Each task config's version and paused flag: what a replica compares with its
+        cache to catch a change whose notice it missed."""
+        return await asyncio.to_thread(self._config_versions)
+
+    def _config_versions(self) -> dict[str, tuple[int, bool]]:
+        query = select(CONFIGS.c.name, CONFIGS.c.version, CONFIGS.c.paused)
+        with self.db.transaction(write=False) as connection:
+            return {str(n): (int(v), bool(p)) for n, v, p in connection.execute(query)}
+
     async def prune_fires(self, before: datetime) -> int:
         """Forget fires due before ``before`` (only recent ones can still be raced
         for); the number removed."""
@@ -496,6 +515,22 @@ class SchedulerStore:
                 )
             )
         return True
+
+    async def annotate(self, job_id: str, **fields: Unpack[JobFields]) -> bool:
+        """Set columns of a job without moving it (where a started job runs); False if
+        the job does not exist."""
+        values: dict[str, Any] = dict(fields)
+        for name in _DATETIME_FIELDS:
+            if values.get(name) is not None:
+                values[name] = _utc(values[name], name)
+        return await asyncio.to_thread(self._annotate, job_id, values)
+
+    def _annotate(self, job_id: str, values: dict[str, Any]) -> bool:
+        statement = (
+            update(JOBS).where(JOBS.c.job_id == job_id).values(updated_at=utcnow(), **values)
+        )
+        with self.db.transaction(write=True) as connection:
+            return connection.execute(statement).rowcount == 1
 
     async def heartbeat(
         self, job_id: str, at: datetime, *, stats: Mapping[str, Any] | None = None
