@@ -209,3 +209,31 @@ def test_a_dead_replicas_jobs_are_taken_over_queued_and_reaped_running(db_url: s
             await replica.db.close()
 
     asyncio.run(scenario())
+
+
+def test_fires_missed_while_no_scheduler_ran_follow_each_tasks_policy(db_url: str) -> None:
+    """A restarted scheduler loads where each schedule stood from the database: a
+    ``run_once`` task catches up once for its missed fires, a ``skip`` task does not."""
+
+    async def scenario() -> dict[str, int]:
+        clock = FakeClock(_start())
+        before = _scheduler(db_url, clock)
+        await before.start(ticking=False)
+        for name, missed in (("catch-up", "run_once"), ("skipper", "skip")):
+            task = _task(name, {"every": "5m"}).model_copy(update={"missed": missed})
+            await before.put_task(task, "test")
+        now = clock.now()
+        clock.set(now.replace(minute=now.minute - now.minute % 5) + timedelta(minutes=5))
+        await before.tick()  # both fire once, on time
+        await before.stop()
+        clock.advance(17 * 60)  # three fires missed while no scheduler ran, the last 2 min ago
+        after = _scheduler(db_url, clock)
+        await after.start(ticking=False)
+        await after.tick()
+        counts = {
+            name: len(await after.store.jobs(task_name=name)) for name in ("catch-up", "skipper")
+        }
+        await after.stop()
+        return counts
+
+    assert asyncio.run(scenario()) == {"catch-up": 2, "skipper": 1}
