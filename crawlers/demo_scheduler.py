@@ -89,6 +89,7 @@ def run_scheduler_demo(output: Path) -> int:
             HYDRA_DB_URL=f"sqlite:///{output.resolve()}/scheduler.db",
             HYDRA_TASKS_FILE=str((output / "tasks.json").resolve()),
             HYDRA_SCHEDULER_JOBS_DIR=str((output / "jobs").resolve()),
+            HYDRA_TOPICS_PATH=str((output / "topics").resolve()),  # the jobs' status reports
         )
         log = (output / "scheduler.log").open("wb")
         process = subprocess.Popen(
