@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.responses import PlainTextResponse
 from fastapi.security import APIKeyHeader
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from crawlers.config import HydraConfig
 from crawlers.models.task_config import TaskConfig
@@ -25,6 +25,40 @@ from crawlers.services.scheduler.service import Scheduler
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 NameParam = Annotated[str, Path(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 JobParam = Annotated[str, Path(max_length=255)]
+
+
+class Problem(BaseModel):
+    """An error answer: what is wrong (a list of problems when FastAPI validated the request)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+#: the errors every operation may answer (documented, so that clients and fuzzers know them)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Missing or wrong X-API-Key"},
+    403: {"model": Problem, "description": "A read-only key, and not a GET"},
+    422: {"model": Problem, "description": "Invalid request"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "Not found"}}
+#: a body that is not JSON in UTF-8 (FastAPI's answer)
+BAD_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body cannot be parsed"}
+}
+#: the largest integer the state database stores (SQLite and PostgreSQL BIGINT)
+MAX_ID = 2**63 - 1
+
+
+def _json_errors(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """``responses`` documented as JSON, for a route whose own answer is not (FastAPI would
+    document them in the route's media type)."""
+    schema = Problem.model_json_schema()
+    return {
+        code: {
+            "description": response["description"],
+            "content": {"application/json": {"schema": schema}},
+        }
+        for code, response in responses.items()
+    }
 
 
 def _matches(given: bytes, keys: list[bytes]) -> bool:
@@ -55,7 +89,7 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
     app = FastAPI(title="Hydra scheduler", version="1", lifespan=lifespan)
     app.state.operator_keys = [key.encode() for key in config.api_keys]
     app.state.reader_keys = [key.encode() for key in config.readonly_api_keys]
-    api = APIRouter(dependencies=[Depends(reader)])
+    api = APIRouter(dependencies=[Depends(reader)], responses=ERRORS)
 
     async def existing(name: str) -> TaskConfig:
         task = await scheduler.task(name)
@@ -69,7 +103,7 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
         names = [stored.name for stored in await scheduler.store.list_configs()]
         return [(await existing(name)).public() for name in names]
 
-    @api.put("/tasks/{name}")
+    @api.put("/tasks/{name}", responses=BAD_BODY)
     async def put_task(name: NameParam, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         """Create or replace a task config (validated; its previous versions are kept)."""
         try:
@@ -82,13 +116,13 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
             raise HTTPException(status_code=422, detail=str(exc)) from None
         return {"name": name, "version": version}
 
-    @api.get("/tasks/{name}")
+    @api.get("/tasks/{name}", responses=NOT_FOUND)
     async def get_task(name: NameParam) -> dict[str, Any]:
         return (await existing(name)).public()
 
-    @api.delete("/tasks/{name}")
+    @api.delete("/tasks/{name}", responses=NOT_FOUND)
     async def delete_task(name: NameParam) -> dict[str, Any]:
-        if not await scheduler.store.delete_config(name, "api"):
+        if not await scheduler.delete_task(name, "api"):  # the engine's configs too
             raise HTTPException(status_code=404, detail="no such task")
         return {"name": name, "deleted": True}
 
@@ -102,17 +136,17 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
             for c in changes
         ]  # fmt: skip
 
-    @api.post("/tasks/{name}/pause")
+    @api.post("/tasks/{name}/pause", responses=NOT_FOUND)
     async def pause(name: NameParam) -> dict[str, Any]:
         await existing(name)
-        return {"name": name, "version": await scheduler.store.set_paused(name, True, "api")}
+        return {"name": name, "version": await scheduler.set_paused(name, True, "api")}
 
-    @api.post("/tasks/{name}/resume")
+    @api.post("/tasks/{name}/resume", responses=NOT_FOUND)
     async def resume(name: NameParam) -> dict[str, Any]:
         await existing(name)
-        return {"name": name, "version": await scheduler.store.set_paused(name, False, "api")}
+        return {"name": name, "version": await scheduler.set_paused(name, False, "api")}
 
-    @api.post("/tasks/{name}/trigger", status_code=202)
+    @api.post("/tasks/{name}/trigger", status_code=202, responses={**NOT_FOUND, **BAD_BODY})
     async def trigger(
         name: NameParam, body: Annotated[dict[str, Any] | None, Body()] = None
     ) -> dict[str, Any]:
@@ -132,7 +166,7 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
         task: Annotated[str | None, Query(max_length=64)] = None,
         state: Annotated[str | None, Query(max_length=16)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        before: Annotated[int | None, Query(ge=1)] = None,
+        before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     ) -> list[dict[str, Any]]:
         """Jobs, newest first; page with ``before`` = the last ``id`` seen."""
         try:
@@ -141,7 +175,7 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
             raise HTTPException(status_code=422, detail=str(exc)) from None
         return [_job(job) for job in jobs]
 
-    @api.get("/jobs/{job_id}")
+    @api.get("/jobs/{job_id}", responses=NOT_FOUND)
     async def get_job(job_id: JobParam) -> dict[str, Any]:
         """A job, its stats and its state history."""
         job = await scheduler.store.job(job_id)
@@ -157,7 +191,11 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
             ],
         }
 
-    @api.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
+    @api.get(
+        "/jobs/{job_id}/log",
+        response_class=PlainTextResponse,
+        responses=_json_errors({**ERRORS, **NOT_FOUND}),
+    )
     async def job_log(job_id: JobParam) -> str:
         """The job's log (its last 1 MiB)."""
         job = await scheduler.store.job(job_id)
@@ -174,7 +212,7 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
         except OSError:
             raise HTTPException(status_code=404, detail="the log is gone") from None
 
-    @api.post("/jobs/{job_id}/cancel")
+    @api.post("/jobs/{job_id}/cancel", responses=NOT_FOUND)
     async def cancel(job_id: JobParam) -> dict[str, Any]:
         if await scheduler.store.job(job_id) is None:
             raise HTTPException(status_code=404, detail="no such job")
