@@ -379,6 +379,13 @@ class HydraConfig(BaseModel):
         "report running, progress, heartbeats and their end (the `JobStatusReporter` "
         "extension).",
     )
+    job_status_url: str = Field(
+        "",
+        description="Redis server a scheduled job reports to (the scheduler's; it passes it "
+        "to the jobs it starts, to Scrapyd nodes only when it holds no password: give "
+        "those nodes this variable in their environment). Empty: `HYDRA_REDIS_URL`, else "
+        "the topic file of embedded mode. Never logged with its password.",
+    )
     job_heartbeat_seconds: float = Field(
         10.0,
         gt=0,
@@ -556,11 +563,11 @@ class HydraConfig(BaseModel):
 
     @staticmethod
     def _redacted_value(field: str, value: Any) -> Any:
-        if field in ("redis_url", "smtp_url") and isinstance(value, str):
+        if field in ("redis_url", "smtp_url", "job_status_url") and isinstance(value, str):
             return DEFAULT_REDACTOR.url(value)
         if field in ("api_keys", "readonly_api_keys", "scrapyd_password", "scheduler_secret_key"):
             return "***"
-        if field == "regions" and isinstance(value, str):
+        if field in ("regions", "scheduler_nodes") and isinstance(value, str):
             return DEFAULT_REDACTOR.text(value)
         return value
 

@@ -2,8 +2,10 @@
 
 Enabled only in crawls the scheduler started (``HYDRA_JOB_ID`` is set, in the
 environment of a local job or as a Scrapyd job setting). Events go to
-``HYDRA_JOB_STATUS_STREAM`` through the topics backend: a Redis Stream with
-``HYDRA_REDIS_URL``, else a JSON-lines file the embedded scheduler reads. A crawl
+``HYDRA_JOB_STATUS_STREAM``: a Redis Stream on ``HYDRA_JOB_STATUS_URL`` (the
+scheduler's Redis, which need not be the job's own), else through the job's
+topics backend (``HYDRA_REDIS_URL``, or the JSON-lines file the embedded
+scheduler reads). A crawl
 that is killed stops reporting; the scheduler notices the missing heartbeat.
 A failing publication is logged and never stops the crawl: the scheduler falls
 back on the heartbeat timeout and, for local jobs, the process exit.
@@ -60,7 +62,16 @@ class JobStatusReporter:
         config = HydraConfig.from_crawler(crawler)
         if not config.job_id:
             raise NotConfigured("not a scheduled job: the scheduler sets HYDRA_JOB_ID to enable")
-        reporter = cls(crawler, config, build_topics(crawler))
+        topics: Topics
+        if config.job_status_url:  # the scheduler's Redis, whatever the job's own mode
+            from crawlers.topics.streams import RedisStreamTopics
+
+            topics = RedisStreamTopics(
+                config.job_status_url, crawler.settings.getdict("REDIS_PARAMS")
+            )
+        else:
+            topics = build_topics(crawler)
+        reporter = cls(crawler, config, topics)
         crawler.signals.connect(reporter.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(reporter.spider_closed, signal=signals.spider_closed)
         return reporter

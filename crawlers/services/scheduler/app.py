@@ -201,6 +201,11 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
         job = await scheduler.store.job(job_id)
         if job is None or not job.log_ref:
             raise HTTPException(status_code=404, detail="no log for this job")
+        if job.log_ref.startswith(("http://", "https://")):  # a job on a Scrapyd node
+            text = await scheduler.remote.log(job.log_ref) if scheduler.remote else None
+            if text is None:
+                raise HTTPException(status_code=404, detail="the log is not available")
+            return text
         from pathlib import Path as FilePath
 
         path = FilePath(job.log_ref)
@@ -211,6 +216,20 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
                 return file.read().decode("utf-8", "replace")
         except OSError:
             raise HTTPException(status_code=404, detail="the log is gone") from None
+
+    @api.get("/nodes")
+    async def nodes() -> list[dict[str, Any]]:
+        """The Scrapyd nodes jobs run on (``HYDRA_SCHEDULER_NODES``), their load and
+        whether they answer; empty when jobs run locally."""
+        if scheduler.remote is None:
+            return []
+        return [
+            {
+                "url": node.url, "slots": node.slots, "running": node.running,
+                "pending": node.pending, "up": node.up, "last_error": node.last_error,
+            }
+            for node in scheduler.remote.nodes.states()
+        ]  # fmt: skip
 
     @api.post("/jobs/{job_id}/cancel", responses=NOT_FOUND)
     async def cancel(job_id: JobParam) -> dict[str, Any]:

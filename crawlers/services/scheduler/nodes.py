@@ -233,6 +233,31 @@ class ScrapydNodes:
         except ScrapydError as exc:
             logger.warning("Job %s not cancelled on %s: %s", jobid, node.state.url, exc)
 
+    async def log_tail(self, node_url: str, path: str, max_bytes: int = 1 << 20) -> str | None:
+        """The last ``max_bytes`` of a file Scrapyd serves (a job's log, ``logs/...``);
+        None if the node is unknown, down, or has no such file."""
+        node = self._nodes.get(node_url.rstrip("/"))
+        if node is None or not self._askable(node) or not path.startswith("logs/"):
+            return None
+        if ".." in path.split("/"):
+            return None
+        auth = node.auth or httpx.USE_CLIENT_DEFAULT
+        tail = bytearray()
+        # streamed, keeping the tail: Twisted answers a suffix Range longer than the file
+        # with a 500, so the file is read whole, never held whole
+        try:
+            async with self._client.stream(
+                "GET", f"{node.state.url}/{path}", auth=auth, timeout=TIMEOUT
+            ) as answer:
+                if answer.status_code != 200:
+                    return None
+                async for chunk in answer.aiter_bytes():
+                    tail += chunk
+                    del tail[: max(0, len(tail) - max_bytes)]
+        except httpx.HTTPError:
+            return None
+        return tail.decode("utf-8", "replace")
+
     async def close(self) -> None:
         await self._client.aclose()
 

@@ -99,11 +99,12 @@ class Scheduler:
     def report_env(self) -> dict[str, str]:
         """Where a job the scheduler starts reports (a task's own settings may not move
         the stream; they may pick another Redis or topics folder for their data)."""
+        status_url = self.config.job_status_url or self.config.redis_url
         return {
             "HYDRA_JOB_STATUS_STREAM": self.config.job_status_stream,
             "HYDRA_JOB_HEARTBEAT_SECONDS": repr(self.config.job_heartbeat_seconds),
             "HYDRA_TOPICS_PATH": str(project_path(self.config.topics_path)),
-            **({"HYDRA_REDIS_URL": self.config.redis_url} if self.config.redis_url else {}),
+            **({"HYDRA_JOB_STATUS_URL": status_url} if status_url else {}),
         }
 
     # -- lifecycle -------------------------------------------------------------
