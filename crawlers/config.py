@@ -360,6 +360,12 @@ class HydraConfig(BaseModel):
         description="A running job whose scheduler has not reported on it for this long is "
         "marked failed (its replica died) and retried by its task's policy.",
     )
+    log_json: bool = Field(
+        False,
+        description="Services (`scrapy scheduler`, `scrapy controller`) log one JSON object "
+        "per line (time, level, logger, message, and a job's `job_id`/`task` where known), "
+        "for log shippers; credentials masked as in every log line.",
+    )
     scheduler_nodes: list[str] = Field(
         default_factory=list,
         description="Scrapyd nodes the scheduler runs jobs on, comma-separated URLs; a "

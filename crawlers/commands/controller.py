@@ -34,7 +34,7 @@ class Command(ServiceCommand):
         if not config.redis_url:
             raise UsageError("scrapy controller needs HYDRA_REDIS_URL (runs live in Redis)")
         controller = Controller(config, env=worker_environment(self.settings))
-        self.serve(create_app(config, controller), opts.bind or config.controller_bind)
+        self.serve(create_app(config, controller), opts.bind or config.controller_bind, config)
 
 
 def worker_environment(settings: object) -> dict[str, str]:

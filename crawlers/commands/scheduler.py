@@ -28,4 +28,4 @@ class Command(ServiceCommand):
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         config = self.service_config()
         scheduler = Scheduler(config, StateDB(config.db_url))
-        self.serve(create_app(config, scheduler), opts.bind or config.scheduler_bind)
+        self.serve(create_app(config, scheduler), opts.bind or config.scheduler_bind, config)

@@ -7,13 +7,16 @@ class found there.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, ClassVar
 
 import uvicorn
+from pythonjsonlogger.json import JsonFormatter
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
 from crawlers.config import HydraConfig, HydraConfigError
+from crawlers.extensions.log_redaction import install as install_redaction
 
 if TYPE_CHECKING:
     import argparse
@@ -21,8 +24,31 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
+def configure_service_logging(config: HydraConfig) -> None:
+    """Scrapy's root handler for everything (uvicorn's loggers included), in JSON lines
+    with ``HYDRA_LOG_JSON``; every handler masks credentials."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s"))
+        root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    if config.log_json:
+        formatter = JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+        for handler in root.handlers:
+            handler.setFormatter(formatter)
+    install_redaction(config.redactor)
+
+
 class ServiceCommand(ScrapyCommand):
     requires_project = True
+    #: a service runs no crawler: no CrawlerProcess, whose set-up would also take over
+    #: logging before the service configures it
+    requires_crawler_process = False
     #: the command's name and its bind setting, for messages and ``--bind``'s default
     service: ClassVar[str] = ""
     bind_setting: ClassVar[str] = ""
@@ -45,9 +71,12 @@ class ServiceCommand(ScrapyCommand):
             raise UsageError(f"scrapy {self.service} needs HYDRA_API_KEYS (comma-separated keys)")
         return config
 
-    def serve(self, app: FastAPI, bind: str) -> None:
+    def serve(self, app: FastAPI, bind: str, config: HydraConfig) -> None:
         host, _, port = bind.rpartition(":")
         if not host or not port.isdigit():
             raise UsageError(f"--bind/{self.bind_setting}: expected host:port, got {bind!r}")
-        uvicorn.run(app, host=host, port=int(port), log_level="info", access_log=False)
+        configure_service_logging(config)
+        uvicorn.run(
+            app, host=host, port=int(port), log_level="info", access_log=False, log_config=None
+        )
         self.exitcode = 0

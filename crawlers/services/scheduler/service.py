@@ -392,6 +392,11 @@ class Scheduler:
         pending = self.pending.pop(job_id, None)
         if not await self.store.transition(job_id, state, reason, at=now, stats_json=_plain(stats)):
             return
+        logger.log(
+            logging.INFO if state == "succeeded" else logging.WARNING,
+            "Job %s %s%s", job_id, state, f": {reason}" if reason else "",
+            extra={"job_id": job_id, "task": task_name, "state": state},
+        )  # fmt: skip
         record = await self.store.job(job_id)
         task = self.configs.get(task_name)
         if task is None or record is None:
@@ -403,8 +408,9 @@ class Scheduler:
             due = now + timedelta(seconds=delay)
             retry = await self.enqueue(task, record.fired_at, attempt=attempt, args=args, due=due)
             logger.warning(
-                "Job %s %s (%s); retry %d as %s in %.1f s",
-                job_id, state, reason, attempt, retry, delay,
+                "Job %s will be retried (attempt %d) as %s in %.1f s",
+                job_id, attempt, retry, delay,
+                extra={"job_id": retry, "task": task_name, "state": "pending"},
             )  # fmt: skip
             return
         await self._alert(task, job_id, state, reason, stats)
