@@ -29,9 +29,9 @@ def configure_service_logging(config: HydraConfig) -> None:
     with ``HYDRA_LOG_JSON``; every handler masks credentials."""
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s"))
-        root.addHandler(handler)
+        plain = logging.StreamHandler()
+        plain.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s"))
+        root.addHandler(plain)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     if config.log_json:
