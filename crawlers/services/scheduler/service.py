@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 from crawlers.config import HydraConfig, project_path
 from crawlers.db.scheduler_models import JobState
 from crawlers.db.state import StateDB
-from crawlers.models.task_config import EmailAlert, EnvRef, SecretValue, TaskConfig, load_task_file
+from crawlers.models.task_config import TaskConfig, load_task_file
 from crawlers.queues import new_worker_id
+from crawlers.services.scheduler.alert_rules import FAILED_STATES, send_alerts
 from crawlers.services.scheduler.alerts import Alerter
 from crawlers.services.scheduler.configs import ConfigCache
 from crawlers.services.scheduler.feeds import build_feeds
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.5
-FAILED_STATES = ("failed", "timed_out")
 
 
 @dataclass
@@ -428,41 +428,16 @@ class Scheduler:
             await self.remote.cancel(job_id)
         return await self.store.transition(job_id, "cancelled", reason)
 
-    # -- alerts ----------------------------------------------------------------
-
     async def _alert(
         self, task: TaskConfig, job_id: str, state: str, reason: str, stats: dict[str, Any]
     ) -> None:
-        events: set[str] = set()
-        if state in FAILED_STATES:
-            events.add("failure")
-        if state == "timed_out":
-            events.add("timeout")
-        if state == "succeeded" and int(stats.get("item_scraped_count", 0) or 0) == 0:
-            events.add("zero_items")
-        failures = await self.store.consecutive_failures(task.name) if state in FAILED_STATES else 0
-        for rule in task.alerts:
-            hit = events & set(rule.on)
-            if "consecutive_failures" in rule.on and failures >= rule.consecutive:
-                hit.add("consecutive_failures")
-            if not hit:
-                continue
-            event = {
-                "task": task.name, "job_id": job_id, "state": state, "reason": reason,
-                "event": ",".join(sorted(hit)), "consecutive_failures": failures,
-                "items": stats.get("item_scraped_count", 0), "at": self.clock.now().isoformat(),
-            }  # fmt: skip
-            if isinstance(rule, EmailAlert):
-                await self.alerter.email(rule.email, event)
-            else:
-                await self.alerter.webhook(self._url(rule.webhook), event)
-
-    def _url(self, value: str | SecretValue | EnvRef) -> str:
-        if isinstance(value, SecretValue):
-            return value.secret.get_secret_value()
-        if isinstance(value, EnvRef):
-            return self.environ.get(value.env, "")
-        return value
+        failed = state in FAILED_STATES
+        failures = await self.store.consecutive_failures(task.name) if failed else 0
+        job = {"job_id": job_id, "state": state, "reason": reason, "stats": stats}
+        await send_alerts(
+            self.alerter, task, job,
+            consecutive_failures=failures, at=self.clock.now(), environ=self.environ,
+        )  # fmt: skip
 
 
 def _plain(stats: dict[str, Any]) -> dict[str, Any]:
