@@ -12,6 +12,10 @@ $(STAMPS)/system:
 	missing=; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	{ command -v clickhouse-server >/dev/null 2>&1 || test -x /usr/sbin/clickhouse-server; } \
+		|| missing="$$missing clickhouse-server"; \
+	{ command -v rabbitmq-server >/dev/null 2>&1 || test -x /usr/sbin/rabbitmq-server; } \
+		|| missing="$$missing rabbitmq-server"; \
 	{ command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
 		|| pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; } || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \

@@ -46,6 +46,14 @@ class HydraConfig(BaseModel):
         description="Redis server for the shared task queue and dead-letter, e.g. "
         "`redis://host:6379/0`. Empty: embedded mode (in-process queue, local files).",
     )
+    queue_url: str = Field(
+        "",
+        description="Where workers take their tasks from, when not from `HYDRA_REDIS_URL`: "
+        "`amqp://user:pass@host:5672/vhost` makes them consume RabbitMQ (durable queues, "
+        "persistent messages, publisher confirms, ack after every durable side effect). "
+        "Empty: the queue is `HYDRA_REDIS_URL`'s (or in-process). Never logged with its "
+        "password.",
+    )
     prices_queue_key: str = Field(
         "hydra:prices:batches",
         description="Redis list the `prices` spider consumes price-batch messages from.",
@@ -360,6 +368,15 @@ class HydraConfig(BaseModel):
         description="A running job whose scheduler has not reported on it for this long is "
         "marked failed (its replica died) and retried by its task's policy.",
     )
+    clickhouse_batch_rows: int = Field(
+        10_000, ge=1, description="Rows a `clickhouse://` sink buffers before it inserts them."
+    )
+    clickhouse_flush_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Longest a buffered row waits before a `clickhouse://` sink inserts it "
+        "(a flush before an ack inserts at once).",
+    )
     log_json: bool = Field(
         False,
         description="Services (`scrapy scheduler`, `scrapy controller`) log one JSON object "
@@ -428,6 +445,8 @@ class HydraConfig(BaseModel):
         default_factory=lambda: {
             "jsonl": "crawlers.sinks.jsonl.JsonLinesSink",
             "bigquery": "crawlers.sinks.bigquery.BigQuerySink",
+            "stream": "crawlers.sinks.stream.StreamSink",
+            "clickhouse": "crawlers.sinks.clickhouse.ClickHouseSink",
         },
         description="Sink backends by URI scheme: scheme -> class path.",
     )
@@ -440,8 +459,11 @@ class HydraConfig(BaseModel):
             "redis": "crawlers.queues.redis.RedisLeaseQueue",
             "rediss": "crawlers.queues.redis.RedisLeaseQueue",
             "unix": "crawlers.queues.redis.RedisLeaseQueue",
+            "amqp": "crawlers.queues.amqp.AmqpQueue",
+            "amqps": "crawlers.queues.amqp.AmqpQueue",
         },
-        description="Queue backends by the scheme of `HYDRA_REDIS_URL` (empty = `memory`).",
+        description="Queue backends by the scheme of `HYDRA_QUEUE_URL`, else of "
+        "`HYDRA_REDIS_URL` (both empty: `memory`).",
     )
     queue_schemes: dict[str, str | None] = Field(
         default_factory=dict, description="Queue backends added to `HYDRA_QUEUE_SCHEMES_BASE`."
@@ -569,7 +591,9 @@ class HydraConfig(BaseModel):
 
     @staticmethod
     def _redacted_value(field: str, value: Any) -> Any:
-        if field in ("redis_url", "smtp_url", "job_status_url") and isinstance(value, str):
+        if field in ("redis_url", "smtp_url", "job_status_url", "queue_url") and isinstance(
+            value, str
+        ):
             return DEFAULT_REDACTOR.url(value)
         if field in ("api_keys", "readonly_api_keys", "scrapyd_password", "scheduler_secret_key"):
             return "***"

@@ -13,6 +13,7 @@ from crawlers.models.fetch_messages import ParsersMessage, StatusMessage
 from crawlers.models.fetch_task import FETCH_TASK
 from crawlers.models.job_status import JobStatusEvent, TriggerMessage
 from crawlers.models.price_batch import PriceBatch
+from crawlers.models.raw_record import RawRecord
 from crawlers.models.regions import Region
 from crawlers.models.run_events import RunEvent
 from crawlers.models.task_config import TaskConfig
@@ -30,6 +31,7 @@ SCHEMAS: dict[str, TypeAdapter[object]] = {
     "task_config": TypeAdapter(TaskConfig),
     "job_status_event": TypeAdapter(JobStatusEvent),
     "trigger_message": TypeAdapter(TriggerMessage),
+    "raw_record": TypeAdapter(RawRecord),
 }
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "JobStatusEvent",
     "ParsersMessage",
     "PriceBatch",
+    "RawRecord",
     "Region",
     "RunEvent",
     "StatusMessage",

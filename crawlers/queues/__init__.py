@@ -1,4 +1,5 @@
-"""Task-queue backends, chosen by the scheme of ``HYDRA_REDIS_URL`` (empty: embedded).
+"""Task-queue backends, chosen by the scheme of ``HYDRA_QUEUE_URL``, else of
+``HYDRA_REDIS_URL`` (both empty: embedded).
 
 The registry is ``HYDRA_QUEUE_SCHEMES_BASE`` merged with ``HYDRA_QUEUE_SCHEMES``;
 a backend is built with ``build_from_crawler(cls, crawler, key=..., worker_id=...)``.
@@ -40,10 +41,11 @@ def build_queue(
     """The queue for ``key``; no I/O happens until it is used."""
     config = HydraConfig.from_crawler(crawler)
     schemes = config.registry("queue_schemes")
-    scheme = urlsplit(config.redis_url or "memory://").scheme
+    setting = "HYDRA_QUEUE_URL" if config.queue_url else "HYDRA_REDIS_URL"
+    scheme = urlsplit(config.queue_url or config.redis_url or "memory://").scheme
     if scheme not in schemes:
         known = ", ".join(sorted(schemes))
-        raise HydraConfigError([f"HYDRA_REDIS_URL: unsupported scheme {scheme!r} (known: {known})"])
+        raise HydraConfigError([f"{setting}: unsupported scheme {scheme!r} (known: {known})"])
     extra = {"route": route} if route is not None else {}
     queue: TaskQueue = build_from_crawler(
         load_object(schemes[scheme]), crawler, key=key, worker_id=worker_id, **extra
