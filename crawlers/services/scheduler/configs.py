@@ -121,11 +121,12 @@ class ConfigCache:
         else:
             self._heap.append(entry)
 
-    def due(self, now: datetime) -> list[tuple[TaskConfig, datetime]]:
-        """The fires due at ``now``, each task at most once (see :func:`due_fires`);
-        paused tasks skip theirs. Advances each due task's window to ``now``."""
+    def due(self, now: datetime, limit: int | None = None) -> list[tuple[TaskConfig, datetime]]:
+        """The fires due at ``now``, each task at most once (see :func:`due_fires`), at
+        most ``limit`` of them (the others stay due); paused tasks skip theirs. Advances
+        each returned task's window to ``now``."""
         fires: list[tuple[TaskConfig, datetime]] = []
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now and (limit is None or len(fires) < limit):
             _when, name, generation = heapq.heappop(self._heap)
             cached = self.tasks.get(name)
             if cached is None or cached.generation != generation:

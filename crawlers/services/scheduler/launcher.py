@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ class RunningJob:
     task: str
     process: asyncio.subprocess.Process
     folder: Path
+    #: when the scheduler started it (its timeout counts from there)
+    started_at: datetime | None = None
 
     @property
     def log_path(self) -> Path:

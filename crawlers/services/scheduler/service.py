@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.5
+#: fires claimed per tick at most; the rest wait for the next tick (still on time)
+FIRES_PER_TICK = 500
 
 
 @dataclass
@@ -229,9 +231,14 @@ class Scheduler:
     # -- firing and triggers ---------------------------------------------------
 
     async def _fire(self, now: datetime) -> None:
-        for task, fire in self.configs.due(now):
-            if await self.store.claim_fire(task.name, fire, self.id):
-                await self.enqueue(task, fire, attempt=0)
+        """Claim the due fires (at most :data:`FIRES_PER_TICK`, so that dispatch is not
+        held up behind a minute in which thousands of tasks are due) and queue their jobs."""
+        for task, fire in self.configs.due(now, limit=FIRES_PER_TICK):
+            job_id = _job_id(task.name, fire)
+            if await self.store.fire_job(task.name, fire, self.id, job_id, task.priority):
+                job = FiredJob.of(task, fire, job_id)
+                self.pending[job_id] = _Pending(0, None, None, job)
+                self.queue.push(job)
 
     async def trigger(self, name: str, args: dict[str, str] | None = None) -> str | None:
         """Run a task now (the API's trigger and the webhook): a job of its own."""
@@ -250,7 +257,7 @@ class Scheduler:
         due: datetime | None = None,
         job_id: str | None = None,
     ) -> str:
-        job_id = job_id or f"{task.name}-{fire:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        job_id = job_id or _job_id(task.name, fire)
         await self.store.create_job(job_id, task.name, attempt, task.priority, fire, due or fire)
         job = FiredJob.of(task, fire, job_id)
         self.pending[job_id] = _Pending(attempt, args, due, job)
@@ -341,7 +348,9 @@ class Scheduler:
             if self.remote is not None:
                 await self.remote.start(fired.job_id, task, args)
                 return
-            self.running[fired.job_id] = await self.launcher.start(fired.job_id, task, args)
+            job = await self.launcher.start(fired.job_id, task, args)
+            job.started_at = now
+            self.running[fired.job_id] = job
         except Exception as exc:  # a missing env secret, a spider or node that cannot start
             reason = f"not started: {self.config.redactor.text(str(exc))}"
             await self.settle(fired.job_id, task.name, "failed", reason, {}, now)
@@ -349,19 +358,21 @@ class Scheduler:
     async def _watch(self, now: datetime) -> None:
         if any(job.process.returncode is not None for job in self.running.values()):
             await self.intake.take_status(now)  # the final stats a job sent before it exited
+        alive = []
         for job in list(self.running.values()):
             if job.process.returncode is not None:
                 await self._judge(job, now)
                 continue
-            await self.store.heartbeat(job.job_id, now)
+            alive.append(job.job_id)
             task = self.configs.get(job.task)
-            record = await self.store.job(job.job_id)
-            started = record.started_at if record is not None else None
             limit = task.timeout_seconds if task is not None else None
+            started = job.started_at
             if limit and started and now - started > timedelta(seconds=limit):
                 await self.launcher.stop(job, kill_after=10)
                 reason = f"ran longer than its timeout ({limit:g} s)"
                 await self.settle(job.job_id, job.task, "timed_out", reason, job.stats(), now)
+                alive.remove(job.job_id)
+        await self.store.heartbeats(alive, now)  # the processes live: one write for all
 
     async def _judge(self, job: RunningJob, now: datetime) -> None:
         await job.process.wait()
@@ -438,6 +449,10 @@ class Scheduler:
             self.alerter, task, job,
             consecutive_failures=failures, at=self.clock.now(), environ=self.environ,
         )  # fmt: skip
+
+
+def _job_id(task: str, fire: datetime) -> str:
+    return f"{task}-{fire:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def _plain(stats: dict[str, Any]) -> dict[str, Any]:

@@ -382,6 +382,51 @@ class SchedulerStore:
             found: datetime | None = connection.execute(query).scalar()
         return found
 
+    async def fire_job(
+        self, task_name: str, fire_at: datetime, fired_by: str, job_id: str, priority: int
+    ) -> bool:
+        """:meth:`claim_fire`, and if this caller won, its job created already ``queued``
+        (history: created, then fired), all in one transaction: a fire costs one commit,
+        and a crash cannot leave a claimed fire without its job."""
+        _check_id(task_name, "task_name")
+        _check_id(fired_by, "fired_by")
+        _check_id(job_id, "job_id")
+        fire_at = _utc(fire_at, "fire_at")
+        return await asyncio.to_thread(
+            self._fire_job, task_name, fire_at, fired_by, job_id, priority
+        )
+
+    def _fire_job(
+        self, task_name: str, fire_at: datetime, fired_by: str, job_id: str, priority: int
+    ) -> bool:
+        now = utcnow()
+        claim = (
+            self.db.insert(FIRES)
+            .values(task_name=task_name, fire_at=fire_at, fired_by=fired_by, claimed_at=now)
+            .on_conflict_do_nothing(index_elements=[FIRES.c.task_name, FIRES.c.fire_at])
+            .returning(FIRES.c.id)
+        )
+        with self.db.transaction(write=True) as connection:
+            if connection.execute(claim).first() is None:
+                return False
+            connection.execute(
+                JOBS.insert().values(
+                    job_id=job_id, task_name=task_name, attempt=0, priority=priority,
+                    fired_at=fire_at, scheduled_for=fire_at, state="queued", reason="fired",
+                    stats_json={}, created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+            connection.execute(
+                TRANSITIONS.insert(),
+                [
+                    {"job_id": job_id, "from_state": None, "to_state": "pending", "at": now,
+                     "reason": "created"},
+                    {"job_id": job_id, "from_state": "pending", "to_state": "queued", "at": now,
+                     "reason": "fired"},
+                ],
+            )  # fmt: skip
+        return True
+
     async def last_fires(self) -> dict[str, datetime]:
         """When each task last fired: :meth:`last_fire` for every task in one query."""
         return await asyncio.to_thread(self._last_fires)
@@ -558,6 +603,26 @@ class SchedulerStore:
         )
         with self.db.transaction(write=True) as connection:
             return connection.execute(statement).rowcount == 1
+
+    async def heartbeats(self, job_ids: Collection[str], at: datetime) -> None:
+        """:meth:`heartbeat` (without stats) for many running jobs in one transaction."""
+        if job_ids:
+            await asyncio.to_thread(self._heartbeats, list(job_ids), _utc(at, "at"))
+
+    def _heartbeats(self, job_ids: list[str], at: datetime) -> None:
+        beat = literal(at, JOBS.c.heartbeat_at.type)
+        newer = JOBS.c.heartbeat_at.is_(None) | (JOBS.c.heartbeat_at < beat)
+        with self.db.transaction(write=True) as connection:
+            for start in range(0, len(job_ids), 500):
+                connection.execute(
+                    update(JOBS)
+                    .where(
+                        JOBS.c.job_id.in_(job_ids[start : start + 500]),
+                        JOBS.c.state == "running",
+                        newer,
+                    )
+                    .values(heartbeat_at=beat, updated_at=utcnow())
+                )
 
     async def stale_running(self, older_than: datetime) -> list[str]:
         """Running jobs whose last sign of life (heartbeat, else start) is older than
