@@ -368,6 +368,30 @@ class HydraConfig(BaseModel):
         description="A running job whose scheduler has not reported on it for this long is "
         "marked failed (its replica died) and retried by its task's policy.",
     )
+    etl_streams: list[str] = Field(
+        default_factory=lambda: ["hydra:raw:prices"],
+        description="Raw-result streams `scrapy etl` consumes (comma-separated Redis Stream "
+        "keys, written by `stream://` sinks).",
+    )
+    etl_sinks: list[str] = Field(
+        default_factory=lambda: ["jsonl://output/etl.jsonl"],
+        description="Where `scrapy etl` writes processed records: sink URIs as in "
+        "`HYDRA_SINKS` (`clickhouse://...`, `stream://...`, `jsonl://...`).",
+    )
+    etl_group: str = Field(
+        "hydra-etl",
+        description="Consumer group of the processors on each raw stream (any number of "
+        "processors share one group; another group reads the same records again).",
+    )
+    etl_batch: int = Field(
+        256, ge=1, le=10_000, description="Records `scrapy etl` reads and processes at once."
+    )
+    etl_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Deliveries of a raw record before `scrapy etl` dead-letters it as poison "
+        "(a processor died with it, or processing it kept failing).",
+    )
     clickhouse_batch_rows: int = Field(
         10_000, ge=1, description="Rows a `clickhouse://` sink buffers before it inserts them."
     )
@@ -490,6 +514,8 @@ class HydraConfig(BaseModel):
         "api_keys",
         "readonly_api_keys",
         "scheduler_nodes",
+        "etl_streams",
+        "etl_sinks",
         mode="before",
     )
     @classmethod
