@@ -10,7 +10,8 @@ ftp`` (SQLite state, a local store, JSON-lines topics): the second job stores
 nothing new. Last, a web channel (``crawlers/demo_web.py``): the sandbox shop from
 new channel to generated v1, broken by an API change, healed to v2. And the
 scheduler (``crawlers/demo_scheduler.py``): a task every 3 s, a failing task
-retried and then alerting through a webhook.
+retried and then alerting through a webhook. Last, seed 002's data path
+(``crawlers/demo_etl.py``): prices to a raw stream, ``scrapy etl`` into ClickHouse.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from crawlers.demo_etl import run_etl_demo
 from crawlers.demo_hydra import run_hydra_demo
 from crawlers.demo_scheduler import run_scheduler_demo
 from crawlers.demo_web import run_web_demo
@@ -150,13 +152,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ids", type=int, default=300, help="how many price IDs to fetch")
     parser.add_argument("--refuse-rate", type=float, default=0.03, help="sandbox 429 share")
     parser.add_argument("--hydra-ids", type=int, default=3000, help="IDs of the hydra run")
+    parser.add_argument("--etl-ids", type=int, default=200, help="IDs through the ETL path")
     parser.add_argument("--output", type=Path, default=ROOT / "output" / "demo")
     args = parser.parse_args(argv)
     code = run_demo(args.ids, args.refuse_rate, args.output)
     code = code or run_hydra_demo(args.hydra_ids, args.output)
     code = code or run_fetch_demo(args.output)
     code = code or run_web_demo(args.output)
-    sys.exit(code or run_scheduler_demo(args.output))
+    code = code or run_scheduler_demo(args.output)
+    sys.exit(code or run_etl_demo(args.etl_ids, args.output))
 
 
 if __name__ == "__main__":
