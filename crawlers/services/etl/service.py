@@ -31,7 +31,7 @@ import redis.asyncio
 import redis.exceptions
 
 from crawlers.config import HydraConfig
-from crawlers.etl.processor import DataProcessor
+from crawlers.etl.processor import DataProcessor, ProcessedRow
 from crawlers.models.deadletter import DeadLetterEntry, DeadLetterReason
 from crawlers.queues import new_worker_id
 from crawlers.sinks import Rejection, Row, Sink, SinkError
@@ -70,6 +70,8 @@ class EtlService:
         self.stats: Counter[str] = Counter()
         self._client = client
         self._stopping = asyncio.Event()
+        #: the round's processed rows by entry handle (a rejected one frees its key)
+        self._processed: dict[str, ProcessedRow] = {}
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -168,6 +170,7 @@ class EtlService:
         self.stats["duplicates"] += len(outcome.duplicates)
         done += [by_handle[handle] for handle in outcome.duplicates]
         rows = [Row(key=r.key, data=r.data, owner=r.entry_id) for r in outcome.rows]
+        self._processed = {row.entry_id: row for row in outcome.rows}
         if rows and not await self._store(rows):
             return  # stopping while a sink failed: nothing acknowledged, all re-read later
         self.stats["processed"] += len(rows)
@@ -209,6 +212,11 @@ class EtlService:
         self.stats["acked"] += len(entries)
 
     async def _reject(self, rejection: Rejection, sink: Sink) -> None:
+        """Dead-letter a row a sink will never store, and free its content key (so the
+        same content, fixed and sent again, is not dropped as a duplicate)."""
+        processed = self._processed.get(rejection.row.owner)
+        if processed is not None:
+            await self.processor.release([processed])
         stream = rejection.row.owner.split("|", 1)[0]
         entry = _Entry(stream, rejection.row.owner.split("|", 1)[-1], "")
         await self._dead_letter(
