@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: real servers for the fetch tasks: PostgreSQL, FTP, moto's S3
 pytest_plugins = ["tests.dbfixtures", "tests.ftpfixtures", "tests.s3fixtures", "tests.bqfixtures"]
+pytest_plugins += ["tests.clickhousefixtures"]  # ClickHouse (clickhouse_server)
 
 
 @pytest.fixture(autouse=True)
