@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from crawlers.items import PriceItem
+from crawlers.sandbox.clickhouse_server import ClickHouseServer
 from crawlers.sinks.base import Rejection, Row
 from crawlers.sinks.clickhouse import ENGINE, OWN_SCHEMA, ClickHouseSink
-from tests.clickhousefixtures import ClickHouseServer
 
 DATABASE = "bench"
 VARIANTS = ("sink", "direct", "direct columnar", "sink, worker-like", "direct, worker-like")

@@ -70,13 +70,13 @@ def run_etl_demo(ids: int, output: Path) -> int:
             etl = _scrapy(
                 ["etl"],
                 _env(**common, HYDRA_ETL_STREAMS=STREAM, HYDRA_IDLE_CLOSE_SECONDS=2,
-                     HYDRA_ETL_SINKS=clickhouse.url(TABLE)),
+                     HYDRA_ETL_SINKS=clickhouse.uri(TABLE)),
                 output / "etl.log",
             )  # fmt: skip
             if etl != 0:
                 print(f"scrapy etl failed; see {output / 'etl.log'}")
                 return 1
-            stored = clickhouse.query(f"SELECT count() FROM {TABLE} FINAL").strip()
+            stored = str(clickhouse.query(f"SELECT count() FROM {TABLE} FINAL")[0][0])
             sample = clickhouse.query(f"SELECT data FROM {TABLE} FINAL ORDER BY key LIMIT 3")
             letters = [json.loads(x) for x in client.lrange("hydra:deadletter", 0, -1)]
         finally:
@@ -96,8 +96,8 @@ def run_etl_demo(ids: int, output: Path) -> int:
     for letter in letters:
         print(f"Dead letter:            {letter['reason']}: {letter['error'][:90]}")
     print("Sample processed rows:")
-    for line in sample.strip().splitlines():
-        data = json.loads(line.encode().decode("unicode_escape"))  # TabSeparated escapes
+    for (text,) in sample:
+        data = json.loads(text)
         shown = {"key": data.get("key"), **data.get("fields", {}),
                  "content_hash": str(data.get("content_hash", ""))[:16] + "..."}  # fmt: skip
         print(f"  {json.dumps(shown, default=str)[:200]}")

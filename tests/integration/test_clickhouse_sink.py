@@ -19,7 +19,7 @@ from crawlers.items import PriceItem
 from crawlers.sandbox import SandboxServer
 from crawlers.sinks import Rejection, Row, SinkError
 from crawlers.sinks.clickhouse import ClickHouseSink
-from tests.clickhousefixtures import PASSWORD, USER, ClickHouseServer
+from tests.clickhousefixtures import PASSWORD, USER, ClickHouseServer, clickhouse
 from tests.conftest import read_summary, run_worker
 
 pytestmark = pytest.mark.integration
@@ -240,7 +240,7 @@ def test_sinks_opening_together_share_one_table(
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[ClickHouseServer]:
     """A server of this test's own, to kill and restart."""
-    server = ClickHouseServer(tmp_path / "clickhouse").start()
+    server = clickhouse(tmp_path / "clickhouse").start()
     yield server
     server.kill()
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,13 +24,6 @@ from tests.servers import RedisServer
 pytestmark = pytest.mark.integration
 STREAM = "hydra:raw:prices"
 ETL = [sys.executable, "-m", "scrapy", "etl"]
-
-
-@pytest.fixture(scope="module")
-def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
-    server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse")).start()
-    yield server
-    server.stop()
 
 
 def _env(redis_url: str, sink: str, tmp_path: Path, **settings: object) -> dict[str, str]:
@@ -57,7 +49,7 @@ def _record(n: int) -> str:
 
 def test_prices_through_a_raw_stream_into_clickhouse(
     tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis,
-    clickhouse: ClickHouseServer,
+    clickhouse_server: ClickHouseServer,
 ) -> None:  # fmt: skip
     with SandboxServer() as sandbox:
         run_worker(
@@ -70,28 +62,28 @@ def test_prices_through_a_raw_stream_into_clickhouse(
             HYDRA_DEADLETTER_PATH=str(tmp_path / "dl.jsonl"),
         )  # fmt: skip
     assert redis_client.xlen(STREAM) == 50
-    sink = clickhouse.url("default.prices_flow")
+    sink = clickhouse_server.uri("default.prices_flow")
     done = subprocess.run(
         ETL, cwd=ROOT, env=_env(redis_server.url, sink, tmp_path),
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Processed:      50" in done.stderr
-    assert clickhouse.query("SELECT count() FROM default.prices_flow FINAL").strip() == "50"
+    assert clickhouse_server.query("SELECT count() FROM default.prices_flow FINAL") == [(50,)]
     pending = redis_client.xpending(STREAM, "hydra-etl")["pending"]
     assert pending == 0
 
 
 def test_a_processor_killed_mid_batch_loses_nothing(
     tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis,
-    clickhouse: ClickHouseServer,
+    clickhouse_server: ClickHouseServer,
 ) -> None:  # fmt: skip
     total = 3000
     pipe = redis_client.pipeline(transaction=False)
     for n in range(total):
         pipe.xadd(STREAM, {"message": _record(n)})
     pipe.execute()
-    sink = clickhouse.url("default.prices_killed")
+    sink = clickhouse_server.uri("default.prices_killed")
     env = _env(redis_server.url, sink, tmp_path, HYDRA_ETL_BATCH=50, HYDRA_QUEUE_LEASE_SECONDS=2)
     victim = subprocess.Popen(
         ETL, cwd=ROOT, env=env,
@@ -114,8 +106,10 @@ def test_a_processor_killed_mid_batch_loses_nothing(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "taken over from dead processors: 0)" not in done.stderr
-    final = clickhouse.query("SELECT count(), uniqExact(key) FROM default.prices_killed FINAL")
-    assert final.split() == [str(total), str(total)]
+    final = clickhouse_server.query(
+        "SELECT count(), uniqExact(key) FROM default.prices_killed FINAL"
+    )
+    assert final == [(total, total)]
     assert redis_client.xpending(STREAM, "hydra-etl")["pending"] == 0
 
 

@@ -48,7 +48,11 @@ def test_registries_merge_with_their_base() -> None:
         "fetch": "x.Fetch",
     }
     # None removes a base entry
-    assert config.registry("sink_schemes") == {"bigquery": "crawlers.sinks.bigquery.BigQuerySink"}
+    assert config.registry("sink_schemes") == {
+        "bigquery": "crawlers.sinks.bigquery.BigQuerySink",
+        "stream": "crawlers.sinks.stream.StreamSink",
+        "clickhouse": "crawlers.sinks.clickhouse.ClickHouseSink",
+    }
 
 
 def test_unknown_setting_is_an_error_with_a_suggestion() -> None:
