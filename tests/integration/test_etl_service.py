@@ -61,14 +61,14 @@ def test_prices_through_a_raw_stream_into_clickhouse(
             HYDRA_SINKS=f"stream://{STREAM}",
             HYDRA_DEADLETTER_PATH=str(tmp_path / "dl.jsonl"),
         )  # fmt: skip
-    assert redis_client.xlen(STREAM) == 50
+    assert redis_client.xlen(STREAM) == 50, redis_client.xlen(STREAM)
     sink = clickhouse_server.uri("default.prices_flow")
     done = subprocess.run(
         ETL, cwd=ROOT, env=_env(redis_server.url, sink, tmp_path),
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Processed:      50" in done.stderr
+    assert "Processed:      50" in done.stderr, done.stderr[-2000:]
     assert clickhouse_server.query("SELECT count() FROM default.prices_flow FINAL") == [(50,)]
     pending = redis_client.xpending(STREAM, "hydra-etl")["pending"]
     assert pending == 0
