@@ -407,6 +407,32 @@ class HydraConfig(BaseModel):
         "per line (time, level, logger, message, and a job's `job_id`/`task` where known), "
         "for log shippers; credentials masked as in every log line.",
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port a worker (`scrapy crawl` of a task spider) serves Prometheus "
+        "`/metrics` on; `0`: a free port, announced in the log. Unset or empty: no metrics "
+        "server. The controller and scheduler serve `/metrics` on their own bind. See "
+        "docs/metrics.md.",
+    )
+    metrics_bind: str = Field(
+        "127.0.0.1",
+        description="Address a worker's `/metrics` server listens on (`0.0.0.0` for a "
+        "Prometheus on another machine; `/metrics` needs no key).",
+    )
+    metrics_sd_file: str = Field(
+        "",
+        description="Prometheus file-based service discovery (`file_sd`) JSON file: each "
+        "worker with metrics adds its target while it runs and removes it when it closes "
+        "(locked, replaced atomically). Empty: not written.",
+    )
+    metrics_interval_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often a worker copies its Scrapy stats into its metrics and samples "
+        "its queue depth (in the background; a slow queue server delays only the sample).",
+    )
     scheduler_nodes: list[str] = Field(
         default_factory=list,
         description="Scrapyd nodes the scheduler runs jobs on, comma-separated URLs; a "
@@ -545,6 +571,11 @@ class HydraConfig(BaseModel):
         if hasattr(value, "copy_to_dict"):  # a Scrapy BaseSettings
             return value.copy_to_dict()
         return value
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_port(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("regions", mode="before")
     @classmethod

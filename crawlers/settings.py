@@ -36,4 +36,6 @@ EXTENSIONS = {
     # a crawl the scheduler started (HYDRA_JOB_ID) reports running, progress and its end;
     # after CoreStats (0), so its final stats carry finish_reason
     "crawlers.extensions.job_status.JobStatusReporter": 900,
+    # /metrics for Prometheus on HYDRA_METRICS_PORT (docs/metrics.md); off when unset
+    "crawlers.extensions.metrics.WorkerMetrics": 910,
 }
