@@ -187,3 +187,100 @@ def test_a_torn_sd_file_is_rewritten(tmp_path: Path) -> None:
     path.write_text('[{"targets": ["a:1"')
     sd_file.add_target(path, "b:2", {})
     assert sd_file.read_groups(path) == [{"targets": ["b:2"], "labels": {}}]
+
+
+class FakeController:
+    async def regions_view(self) -> list[dict[str, Any]]:
+        return [
+            {"name": "eu-west", "state": "quarantined"},
+            {"name": "us-east", "state": "active"},
+            {"name": "ap-south", "state": "idle"},
+        ]
+
+
+class FakeDB:
+    def __init__(self, path: Path) -> None:
+        from sqlalchemy import create_engine
+
+        from crawlers.db.models import Base
+
+        self.engine = create_engine(f"sqlite:///{path}")
+        Base.metadata.tables["scheduled_jobs"].create(self.engine)
+
+    def transaction(self, write: bool = False) -> Any:
+        return self.engine.begin()
+
+
+def _get(app: Any, path: str) -> tuple[int, str]:
+    import httpx
+
+    async def get() -> tuple[int, str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get(path)
+        return response.status_code, response.text
+
+    return asyncio.run(get())
+
+
+def _samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def test_the_controllers_metrics_show_its_regions() -> None:
+    from fastapi import FastAPI
+
+    from crawlers.monitoring.services import controller_metrics
+
+    app = FastAPI()
+    app.mount("/metrics", controller_metrics(FakeController()))
+    status, text = _get(app, "/metrics/")
+    assert status == 200
+    assert 'hydra_region_quarantined{region="eu-west"} 1.0' in text
+    assert 'hydra_region_active{region="eu-west"} 0.0' in text
+    assert 'hydra_region_active{region="us-east"} 1.0' in text
+    assert 'hydra_service_info{service="controller"} 1.0' in text
+
+
+def test_the_schedulers_metrics_count_jobs_by_task_and_state(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from fastapi import FastAPI
+
+    from crawlers.db.models import Base
+    from crawlers.monitoring.services import scheduler_metrics
+
+    db = FakeDB(tmp_path / "state.db")
+    jobs = Base.metadata.tables["scheduled_jobs"]
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    rows = [
+        ("nightly", "succeeded", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("nightly", "succeeded", now),
+        ("nightly", "failed", now),
+        ("hourly", "running", None),
+    ]
+    with db.engine.begin() as connection:
+        for number, (task, state, finished) in enumerate(rows):
+            connection.execute(
+                jobs.insert().values(
+                    job_id=f"j{number}", task_name=task, attempt=1, priority=0, state=state,
+                    fired_at=now, scheduled_for=now, finished_at=finished, stats_json={},
+                )
+            )  # fmt: skip
+    app = FastAPI()
+    app.mount("/metrics", scheduler_metrics(type("S", (), {"db": db})()))
+    status, text = _get(app, "/metrics/")
+    assert status == 200
+    samples = _samples(text, "hydra_jobs")
+    assert samples[(("state", "succeeded"), ("task", "nightly"))] == 2
+    assert samples[(("state", "running"), ("task", "hourly"))] == 1
+    stamp = f"{now.timestamp():.9e}"
+    db.engine.dispose()
+    assert f'hydra_job_last_success_timestamp_seconds{{task="nightly"}} {stamp}' in text

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.security import APIKeyHeader
 
 from crawlers.config import HydraConfig
+from crawlers.monitoring.services import controller_metrics
 from crawlers.services.controller.service import Controller
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -173,6 +174,7 @@ def create_app(config: HydraConfig, controller: Controller) -> FastAPI:
         return await controller.regions_view()
 
     app.include_router(api)
+    app.mount("/metrics", controller_metrics(controller))  # no key: counts only (docs/metrics.md)
     return app
 
 

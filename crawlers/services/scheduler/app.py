@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from crawlers.config import HydraConfig
 from crawlers.models.task_config import TaskConfig
 from crawlers.models.validation import validation_error_text
+from crawlers.monitoring.services import scheduler_metrics
 from crawlers.services.scheduler.service import Scheduler
 
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -238,6 +239,7 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
         return {"job_id": job_id, "cancelled": await scheduler.cancel(job_id)}
 
     app.include_router(api)
+    app.mount("/metrics", scheduler_metrics(scheduler))  # no key: counts only (docs/metrics.md)
     return app
 
 
