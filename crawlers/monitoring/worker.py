@@ -20,6 +20,11 @@ FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 RESPONSE_STATUS = "downloader/response_status_count/"
 DOWNLOAD_EXCEPTION = "downloader/exception_type_count/"
 DEADLETTER = "hydra/deadletter/"
+#: the lean price path runs without DownloaderStats: its kind's own stats say the same
+PRICE_OK = "hydra/prices/ids_fetched"
+PRICE_STOPPED = "hydra/prices/stopped/"
+PRICE_HTTP_STOP = PRICE_STOPPED + "http_"
+PRICE_ERROR_STOP = PRICE_STOPPED + "download_error/"
 LEASES_LOST = ("hydra/queue/lease_lost", "hydra/queue/ack_lease_lost")
 
 
@@ -123,6 +128,7 @@ class WorkerMetricSet:
     def sync(self, stats: Mapping[str, Any]) -> None:
         """Add what the stats counted since the last call."""
         lost = 0.0
+        downloader_stats = "downloader/response_count" in stats
         for key, value in list(stats.items()):
             if not isinstance(value, int | float) or isinstance(value, bool):
                 continue
@@ -133,6 +139,12 @@ class WorkerMetricSet:
             if key.startswith(RESPONSE_STATUS):
                 self._add_requests(key[len(RESPONSE_STATUS) :], delta)
             elif key.startswith(DOWNLOAD_EXCEPTION):
+                self._add_requests("error", delta)
+            elif not downloader_stats and key == PRICE_OK:
+                self._add_requests("ok", delta)
+            elif not downloader_stats and key.startswith(PRICE_HTTP_STOP):
+                self._add_requests(key[len(PRICE_HTTP_STOP) :], delta)
+            elif not downloader_stats and key.startswith(PRICE_ERROR_STOP):
                 self._add_requests("error", delta)
             elif key.startswith(DEADLETTER):
                 self.deadletters.labels(key[len(DEADLETTER) :]).inc(delta)

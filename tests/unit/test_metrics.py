@@ -284,3 +284,19 @@ def test_the_schedulers_metrics_count_jobs_by_task_and_state(tmp_path: Path) -> 
     stamp = f"{now.timestamp():.9e}"
     db.engine.dispose()
     assert f'hydra_job_last_success_timestamp_seconds{{task="nightly"}} {stamp}' in text
+
+
+def test_the_lean_price_path_counts_requests_from_its_kinds_stats() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetricSet(registry, kind="price_batch", region="default")
+    metrics.sync(
+        {
+            "hydra/prices/ids_fetched": 8,
+            "hydra/prices/stopped/http_429": 2,
+            "hydra/prices/stopped/download_error/TimeoutError": 1,
+        }
+    )
+    labels = {"kind": "price_batch", "region": "default"}
+    assert _value(registry, "hydra_requests_total", status="ok", **labels) == 8
+    assert _value(registry, "hydra_requests_total", status="429", **labels) == 2
+    assert _value(registry, "hydra_requests_total", status="error", **labels) == 1
