@@ -305,10 +305,12 @@ def _error_text(exc: Exception) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def open_store(
-    config: HydraConfig, redis_params: dict[str, Any] | None = None
-) -> RedisDeadLetterStore | JsonLinesDeadLetterStore:
+def open_store(config: HydraConfig, redis_params: dict[str, Any] | None = None) -> DeadLetterStore:
     """The store the workers of ``config`` write to (nothing connects yet)."""
+    if config.queue_url.lower().startswith(("amqp://", "amqps://")):  # RabbitMQ's queue
+        from crawlers.queues.amqp_deadletters import AmqpDeadLetterStore
+
+        return AmqpDeadLetterStore(config.queue_url, config.deadletter_key)
     if config.embedded:
         return JsonLinesDeadLetterStore(project_path(config.deadletter_path))
     return RedisDeadLetterStore.from_url(
