@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 
-.PHONY: demo test lint typecheck unit integration bench schemas docs scrapyd clean
+.PHONY: demo monitor test lint typecheck unit integration bench schemas docs scrapyd clean
 
 $(STAMPS)/system:
 	@mkdir -p $(STAMPS)
@@ -67,6 +67,27 @@ $(STAMPS)/bqemulator:
 demo: $(STAMPS)/venv $(STAMPS)/system
 	$(PY) -m crawlers.demo
 
+# Prometheus and Alertmanager (Debian's packages) in the foreground with monitoring/'s
+# configs, their data under $(MONITOR); Ctrl-C stops both. Workers started with
+# HYDRA_METRICS_PORT=0 HYDRA_METRICS_SD_FILE=$(MONITOR)/workers.json are scraped.
+MONITOR ?= $(CURDIR)/.monitor
+PROMETHEUS_LISTEN ?= 127.0.0.1:9090
+ALERTMANAGER_LISTEN ?= 127.0.0.1:9093
+monitor: $(STAMPS)/system
+	@mkdir -p $(MONITOR)
+	@sed -e 's|/var/lib/hydra/workers.json|$(MONITOR)/workers.json|' \
+		-e 's|rules/hydra.rules.yml|$(CURDIR)/monitoring/rules/hydra.rules.yml|' \
+		-e 's|127.0.0.1:9093|$(ALERTMANAGER_LISTEN)|' \
+		monitoring/prometheus.yml > $(MONITOR)/prometheus.yml
+	@echo "Prometheus http://$(PROMETHEUS_LISTEN), Alertmanager http://$(ALERTMANAGER_LISTEN)"
+	@echo "Workers: HYDRA_METRICS_PORT=0 HYDRA_METRICS_SD_FILE=$(MONITOR)/workers.json scrapy crawl prices"
+	@prometheus-alertmanager --config.file=$(CURDIR)/monitoring/alertmanager.yml \
+		--storage.path=$(MONITOR)/alertmanager --web.listen-address=$(ALERTMANAGER_LISTEN) \
+		--cluster.listen-address= & am=$$!; \
+	trap 'kill $$am 2>/dev/null; wait $$am' EXIT INT TERM; \
+	prometheus --config.file=$(MONITOR)/prometheus.yml --storage.tsdb.path=$(MONITOR)/prometheus \
+		--web.listen-address=$(PROMETHEUS_LISTEN)
+
 test: $(STAMPS)/venv $(STAMPS)/system $(STAMPS)/bqemulator lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -87,4 +108,4 @@ docs: $(STAMPS)/venv
 	$(PY) -m crawlers.docs > docs/settings.md
 
 clean:
-	rm -rf $(STAMPS) build *.egg-info output
+	rm -rf $(STAMPS) build *.egg-info output .monitor

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import signal
 import socket
@@ -54,6 +55,12 @@ def _binary(*names: str) -> str:
         if found:
             return found
     raise AssertionError(f"{names[0]} missing: `make test` installs it from Debian's packages")
+
+
+def _closed(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) != 0
 
 
 def _get_json(url: str) -> Any:
@@ -337,3 +344,55 @@ def test_a_shipped_alert_fires_through_alertmanager_to_a_webhook(stack: Stack) -
     # Alertmanager holds it too
     alerts = _get_json(f"{stack.alertmanager}/api/v2/alerts")
     assert "HydraDeadLettersRising" in {a["labels"]["alertname"] for a in alerts}
+
+
+def test_make_monitor_runs_prometheus_and_alertmanager_from_the_shipped_configs(
+    tmp_path: Path,
+) -> None:
+    """`make monitor`: both in the foreground, Prometheus with the shipped rules, sending
+    to the Alertmanager beside it and watching the SD file under MONITOR; an interrupt
+    (Ctrl-C: SIGINT to the process group) stops both."""
+    prometheus, alertmanager = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+    command = ["make", "--no-print-directory", "monitor", f"MONITOR={tmp_path}"]
+    command += [f"PROMETHEUS_LISTEN={prometheus}", f"ALERTMANAGER_LISTEN={alertmanager}"]
+    log_path = tmp_path / "make.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        for url in (f"http://{prometheus}/-/ready", f"http://{alertmanager}/-/ready"):
+            _wait(functools.partial(_ready, url), 30, log_path.read_text)
+        active = _wait(
+            lambda: _get_json(f"http://{prometheus}/api/v1/alertmanagers")["data"][
+                "activeAlertmanagers"
+            ],
+            30,
+            log_path.read_text,
+        )
+        assert [a["url"] for a in active] == [f"http://{alertmanager}/api/v2/alerts"]
+        groups = _get_json(f"http://{prometheus}/api/v1/rules")["data"]["groups"]
+        rules = {rule["name"] for group in groups for rule in group["rules"]}
+        assert {"HydraDeadLettersRising", "HydraSinkFailing", "HydraServiceDown"} <= rules
+        config = _get_json(f"http://{prometheus}/api/v1/status/config")["data"]["yaml"]
+        assert str(tmp_path / "workers.json") in config
+        assert (tmp_path / "prometheus").is_dir() and (tmp_path / "alertmanager").is_dir()
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=30)  # interrupted: its status says so
+        for address in (prometheus, alertmanager):  # both stopped, not left behind
+            _wait(functools.partial(_closed, address), 20, log_path.read_text)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_the_shipped_alertmanager_config_is_valid() -> None:
+    process = subprocess.run(
+        [_binary("amtool"), "check-config", str(ROOT / "monitoring" / "alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert process.returncode == 0 and "SUCCESS" in process.stdout, process.stdout + process.stderr
