@@ -486,6 +486,20 @@ class HydraConfig(BaseModel):
         description="How often a worker copies its Scrapy stats into its metrics and samples "
         "its queue depth (in the background; a slow queue server delays only the sample).",
     )
+    sentry_dsn: str = Field(
+        "",
+        description="Sentry DSN: every process (workers, `scrapy scheduler`, `scrapy "
+        "controller`, `scrapy etl`) reports errors to Sentry through sentry-sdk: spider "
+        "errors, `item_error` dead letters and logged errors, tagged with task kind, spider, "
+        "job, region and channel; credentials are masked before an event leaves the process. "
+        "Empty: Sentry off. Never logged (it carries a key).",
+    )
+    sentry_environment: str = Field(
+        "", description="Sentry `environment` of the reported events (empty: sentry-sdk's)."
+    )
+    sentry_traces_sample_rate: float = Field(
+        0.0, ge=0, le=1, description="Share of transactions sent to Sentry for tracing (0: none)."
+    )
     scheduler_nodes: list[str] = Field(
         default_factory=list,
         description="Scrapyd nodes the scheduler runs jobs on, comma-separated URLs; a "
@@ -702,9 +716,13 @@ class HydraConfig(BaseModel):
 
     @staticmethod
     def _redacted_value(field: str, value: Any) -> Any:
-        if field in ("redis_url", "smtp_url", "job_status_url", "queue_url") and isinstance(
-            value, str
-        ):
+        if field in (
+            "redis_url",
+            "smtp_url",
+            "job_status_url",
+            "queue_url",
+            "sentry_dsn",
+        ) and isinstance(value, str):
             return DEFAULT_REDACTOR.url(value)
         if field in ("api_keys", "readonly_api_keys", "scrapyd_password", "scheduler_secret_key"):
             return "***"

@@ -38,4 +38,6 @@ EXTENSIONS = {
     "crawlers.extensions.job_status.JobStatusReporter": 900,
     # /metrics for Prometheus on HYDRA_METRICS_PORT (docs/metrics.md); off when unset
     "crawlers.extensions.metrics.WorkerMetrics": 910,
+    # errors to Sentry with task kind/spider/job/region/channel tags; off without HYDRA_SENTRY_DSN
+    "crawlers.extensions.sentry.SentryReporter": 920,
 }

@@ -49,7 +49,7 @@ class Command(ScrapyCommand):
             raise UsageError("scrapy etl needs HYDRA_REDIS_URL (the raw streams' server)")
         if not config.etl_sinks:
             raise UsageError("scrapy etl needs HYDRA_ETL_SINKS (where processed records go)")
-        configure_service_logging(config)
+        configure_service_logging(config, "etl")
         stats = asyncio.run(run_etl(config, self.settings))
         print_summary(config, stats)
         self.exitcode = 0

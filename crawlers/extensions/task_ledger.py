@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: signal sent with ``entry`` (a ``DeadLetterEntry``, redacted) for every dead letter the
+#: ledger builds (the Sentry reporter listens)
+dead_lettered = object()
+
 
 class Flushable(Protocol):
     """What the ledger flushes before acks (the sink pipeline)."""
@@ -202,6 +206,7 @@ class TaskLedger(Intake, Settlement):
             worker=self.worker_id,
             **fields,
         )
+        self.crawler.signals.send_catch_log(dead_lettered, entry=entry)
         return entry.model_dump_json()
 
     # -- attribution: what belongs to which run ------------------------------

@@ -17,6 +17,7 @@ from scrapy.exceptions import UsageError
 
 from crawlers.config import HydraConfig, HydraConfigError
 from crawlers.extensions.log_redaction import install as install_redaction
+from crawlers.monitoring.sentry import init_sentry
 
 if TYPE_CHECKING:
     import argparse
@@ -24,9 +25,10 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-def configure_service_logging(config: HydraConfig) -> None:
+def configure_service_logging(config: HydraConfig, process: str = "service") -> None:
     """Scrapy's root handler for everything (uvicorn's loggers included), in JSON lines
-    with ``HYDRA_LOG_JSON``; every handler masks credentials."""
+    with ``HYDRA_LOG_JSON``; every handler masks credentials. With ``HYDRA_SENTRY_DSN``,
+    logged errors (and so the service's exceptions) go to Sentry tagged ``process``."""
     root = logging.getLogger()
     if not root.handlers:
         plain = logging.StreamHandler()
@@ -42,6 +44,7 @@ def configure_service_logging(config: HydraConfig) -> None:
         for handler in root.handlers:
             handler.setFormatter(formatter)
     install_redaction(config.redactor)
+    init_sentry(config, process)
 
 
 class ServiceCommand(ScrapyCommand):
@@ -75,7 +78,7 @@ class ServiceCommand(ScrapyCommand):
         host, _, port = bind.rpartition(":")
         if not host or not port.isdigit():
             raise UsageError(f"--bind/{self.bind_setting}: expected host:port, got {bind!r}")
-        configure_service_logging(config)
+        configure_service_logging(config, self.service)
         uvicorn.run(
             app, host=host, port=int(port), log_level="info", access_log=False, log_config=None
         )
