@@ -28,6 +28,7 @@ from crawlers.extensions.task_ledger import dead_lettered
 from crawlers.models import DeadLetterEntry
 from crawlers.monitoring.sentry import close_sentry, init_sentry
 from crawlers.services.command import configure_service_logging
+from tests.conftest import run_worker
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -115,6 +116,12 @@ def receiver() -> Iterator[Receiver]:
             self.end_headers()
             self.wfile.write(b"{}")
 
+        def do_GET(self) -> None:  # the page the real crawl's spider fails on
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html></html>")
+
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
@@ -191,6 +198,35 @@ def test_spider_error_arrives_with_tags_and_without_secrets(receiver: Receiver) 
     assert PASSWORD.encode() not in raw
     assert TOKEN.encode() not in raw
     assert b"publickey" not in raw.split(b"\n", 1)[1]  # the DSN's key only in the header
+
+
+def test_a_real_crawl_reports_its_spider_error(receiver: Receiver) -> None:
+    secret_url = f"http://bob:{PASSWORD}@127.0.0.1:{receiver.port}/page?token={TOKEN}"
+    log = run_worker(
+        "-s",
+        "SPIDER_MODULES=tests.spiders",
+        "-a",
+        f"url=http://127.0.0.1:{receiver.port}/page",
+        "-a",
+        f"secret=retrying {secret_url} with access_token={TOKEN}",
+        spider="sentry_broken",
+        HYDRA_SENTRY_DSN=receiver.dsn,
+        HYDRA_REGION="ap-south",
+    )
+    assert "Spider error processing" in log
+    (event,) = receiver.wait_events(1)  # one event: the log line is not a second one
+    assert event["tags"]["spider"] == "sentry_broken"
+    assert event["tags"]["task_kind"] == "sentry_broken"  # no task kind: the spider's name
+    assert event["tags"]["region"] == "ap-south"
+    assert event["tags"]["channel"] == "ch-broken"
+    assert event["tags"]["process"] == "worker"
+    (exception,) = event["exception"]["values"]
+    assert exception["type"] == "RuntimeError"
+    assert f"bob:***@127.0.0.1:{receiver.port}/page?token=***" in exception["value"]
+    assert any(frame["function"] == "parse" for frame in exception["stacktrace"]["frames"])
+    raw = receiver.raw()
+    assert PASSWORD.encode() not in raw
+    assert TOKEN.encode() not in raw
 
 
 def test_dead_letter_item_error_is_a_message_event(receiver: Receiver) -> None:
