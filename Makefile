@@ -6,7 +6,7 @@ STAMPS := .stamps
 
 .PHONY: demo monitor test lint typecheck unit integration bench schemas docs scrapyd clean
 
-$(STAMPS)/system:
+$(STAMPS)/system: Makefile
 	@mkdir -p $(STAMPS)
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	missing=; \
