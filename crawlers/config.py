@@ -368,6 +368,14 @@ class HydraConfig(BaseModel):
         description="A running job whose scheduler has not reported on it for this long is "
         "marked failed (its replica died) and retried by its task's policy.",
     )
+    scheduler_job_retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Finished jobs (succeeded, failed, cancelled, timed out) older than this "
+        "many days are deleted with their history, and trigger fires older than this are "
+        "forgotten (each task's last fire is kept); pending, queued and running jobs never "
+        "are. 0 keeps everything forever.",
+    )
     etl_streams: list[str] = Field(
         default_factory=lambda: ["hydra:raw:prices"],
         description="Raw-result streams `scrapy etl` consumes (comma-separated Redis Stream "

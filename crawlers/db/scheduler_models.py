@@ -91,6 +91,8 @@ class ScheduledJobRow(Base):
         Index("ix_scheduled_jobs_state_id", "state", "id"),
         # "this task's jobs, newest first" (listing, consecutive failures)
         Index("ix_scheduled_jobs_task_name_id", "task_name", "id"),
+        # "final jobs finished before the retention" (pruning, 0003_job_retention)
+        Index("ix_scheduled_jobs_state_finished_at", "state", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

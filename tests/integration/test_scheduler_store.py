@@ -14,13 +14,18 @@ from typing import Any, TypeVar
 
 import pytest
 from scrapy.settings import Settings
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from crawlers.config import HydraConfig, HydraConfigError
 from crawlers.db.models import Base
 from crawlers.db.state import StateDB
 from crawlers.services.scheduler.secrets import SecretBox, SecretsError, generate_key
-from crawlers.services.scheduler.store import SchedulerStore
+from crawlers.services.scheduler.store import (
+    SchedulerStore,
+    expired_jobs_query,
+    jobs_query,
+    stale_running_query,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -321,6 +326,119 @@ def test_running_counts_and_consecutive_failures(store: SchedulerStore) -> None:
             await store.running_count(states=("done",))  # type: ignore[arg-type]
 
     run(scenario())
+
+
+def test_old_final_jobs_are_pruned_in_batches_with_their_history(
+    store: SchedulerStore, db: StateDB
+) -> None:
+    old, cutoff, recent = T0, T0 + timedelta(days=30), T0 + timedelta(days=31)
+
+    async def scenario() -> None:
+        for state in ("succeeded", "failed", "cancelled", "timed_out"):
+            for number in range(2):
+                job_id = f"old-{state}-{number}"
+                await new_job(store, job_id)
+                for step in PATH_TO[state][:-1]:
+                    assert await store.transition(job_id, step)  # type: ignore[arg-type]
+                if state in ("failed", "cancelled"):
+                    await new_job(store, f"new-{state}-{number}")
+                    assert await store.transition(f"new-{state}-{number}", state, at=recent)
+                assert await store.transition(job_id, state, at=old)  # type: ignore[arg-type]
+        # unfinished jobs stay, however old (even one whose finished_at was set by hand)
+        for state in ("pending", "queued", "running"):
+            await new_job(store, f"old-{state}", to=state)
+        assert await store.annotate("old-running", finished_at=old)
+        assert await store.prune_jobs(cutoff, limit=3) == 3
+        assert await store.prune_jobs(cutoff, limit=3) == 3
+        assert await store.prune_jobs(cutoff, limit=3) == 2
+        assert await store.prune_jobs(cutoff, limit=3) == 0
+        left = {job.job_id for job in await store.jobs(limit=100)}
+        assert left == {
+            "old-pending", "old-queued", "old-running",
+            "new-failed-0", "new-failed-1", "new-cancelled-0", "new-cancelled-1",
+        }  # fmt: skip
+        assert await store.history("old-succeeded-0") == []
+        assert [t.to_state for t in await store.history("old-running")] == [
+            "pending", "queued", "running",
+        ]  # fmt: skip
+        with pytest.raises(ValueError, match="limit"):
+            await store.prune_jobs(cutoff, limit=0)
+        with pytest.raises(ValueError, match="naive"):
+            await store.prune_jobs(datetime(2026, 1, 1))
+
+    run(scenario())
+    transitions = Base.metadata.tables["job_transitions"]
+    with db.transaction(write=False) as connection:
+        orphans = connection.execute(
+            select(transitions.c.job_id).where(transitions.c.job_id.like("old-%"))
+        ).scalars()
+        assert {str(job_id) for job_id in orphans} == {"old-pending", "old-queued", "old-running"}
+
+
+def test_pruning_fires_keeps_each_tasks_last_one(store: SchedulerStore) -> None:
+    async def scenario() -> None:
+        for hour in range(5):
+            assert await store.claim_fire("hourly", T0 + timedelta(hours=hour), "r0")
+        assert await store.claim_fire("yearly", T0, "r0")
+        cutoff = T0 + timedelta(days=1)  # every fire is older
+        assert await store.prune_fires(cutoff, keep_last=True, limit=3) == 3
+        assert await store.prune_fires(cutoff, keep_last=True, limit=3) == 1
+        assert await store.prune_fires(cutoff, keep_last=True) == 0
+        assert await store.last_fires() == {"hourly": T0 + timedelta(hours=4), "yearly": T0}
+        # a fire kept as the last is forgotten once a newer one exists and it expires
+        assert await store.claim_fire("yearly", T0 + timedelta(days=365), "r0")
+        assert await store.prune_fires(cutoff, keep_last=True) == 1
+        assert await store.last_fires() == {
+            "hourly": T0 + timedelta(hours=4),
+            "yearly": T0 + timedelta(days=365),
+        }
+
+    run(scenario())
+
+
+def test_the_job_list_the_reaper_and_pruning_are_served_by_indexes(
+    db_url: str, db: StateDB
+) -> None:
+    queries = {
+        "newest": jobs_query(),
+        "deep page": jobs_query(before_id=10_000),
+        "by task": jobs_query(task_name="t3", before_id=10_000),
+        "by state": jobs_query(state="failed", before_id=10_000),
+        "by task and state": jobs_query(task_name="t3", state="failed"),
+        "stale running": stale_running_query(T0),
+        "nothing expired": expired_jobs_query(T0, 1000),  # the usual pass: cheap
+    }
+    postgres = db_url.startswith("postgresql")
+    jobs = Base.metadata.tables["scheduled_jobs"]
+    states = ("succeeded",) * 6 + ("failed", "cancelled", "timed_out", "running", "queued")
+    rows = [
+        {
+            "job_id": f"j{number}", "task_name": f"t{number % 20}", "attempt": 0,
+            "priority": 0, "state": states[number % len(states)], "reason": "",
+            "fired_at": T0, "scheduled_for": T0, "stats_json": {}, "created_at": T0,
+            "updated_at": T0, "finished_at": T0 if number % len(states) < 9 else None,
+        }
+        for number in range(20_000)
+    ]  # fmt: skip
+    with db.transaction(write=True) as connection:
+        connection.execute(jobs.insert(), rows)
+    with db.transaction(write=True) as connection:  # planner statistics, as in production
+        connection.execute(text("ANALYZE"))
+    with db.transaction(write=False) as connection:
+        for name, query in queries.items():
+            compiled = str(
+                query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
+            )
+            explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+            plan = " | ".join(str(row[-1]) for row in connection.execute(text(explain + compiled)))
+            if postgres:
+                # never the whole table: an index (the primary key's, read backwards,
+                # when a filter keeps many rows; a bitmap of two, sorted, for few)
+                assert "Index" in plan and "Seq Scan" not in plan, (name, plan)
+            else:
+                # no sort; a plain SCAN only for the unfiltered list (the rowid is its order)
+                assert "TEMP B-TREE" not in plan, (name, plan)
+                assert "USING" in plan or name == "newest", (name, plan)
 
 
 # -- trigger fires -----------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 from scrapy.settings import Settings
+from sqlalchemy import text
 
 from crawlers.config import HydraConfig
 from crawlers.db.state import StateDB
@@ -237,3 +238,52 @@ def test_fires_missed_while_no_scheduler_ran_follow_each_tasks_policy(db_url: st
         return counts
 
     assert asyncio.run(scenario()) == {"catch-up": 2, "skipper": 1}
+
+
+def test_finished_jobs_and_fires_past_the_retention_are_pruned_once_a_minute(
+    db_url: str,
+) -> None:
+    async def scenario() -> None:
+        clock = FakeClock(_start())
+        # 0.01 days = 864 s
+        scheduler = _scheduler(db_url, clock, HYDRA_SCHEDULER_JOB_RETENTION_DAYS="0.01")
+        keeper = _scheduler(db_url, clock, HYDRA_SCHEDULER_JOB_RETENTION_DAYS="0")
+        for replica in (scheduler, keeper):
+            await replica.db.open()
+        store = scheduler.store
+        await scheduler.put_task(_task("manual", {"trigger": "external"}), "test")
+        done = [await scheduler.trigger("manual") for _ in range(3)]
+        for _ in range(4):
+            clock.advance(1)
+            await scheduler.tick()
+        assert {job.state for job in await store.jobs(task_name="manual")} == {"succeeded"}
+        # an old job still waiting, and old fires of a task
+        await store.create_job("waiting", "manual", 0, 50, clock.now(), clock.now())
+        for hours in (3, 2, 1):
+            assert await store.claim_fire("hourly", clock.now() - timedelta(hours=hours), "x")
+        clock.advance(1030)
+        await keeper.tick()  # retention 0: keeps everything forever
+        assert len(await store.jobs(task_name="manual")) == 4
+        await scheduler.tick()
+        left = await store.jobs(task_name="manual")
+        assert [job.job_id for job in left] == ["waiting"]  # never a job not yet final
+        for job_id in done:
+            assert job_id is not None and await store.history(job_id) == []
+        last_fires = await store.last_fires()
+        assert last_fires["hourly"] == clock.now() - timedelta(hours=1, seconds=1030)
+        with scheduler.db.transaction(write=False) as connection:
+            count = connection.execute(text("SELECT count(*) FROM trigger_fires")).scalar_one()
+        assert count == 1  # the last one stays: the trigger's window starts there
+        # at most one pass a minute
+        await store.create_job("late", "manual", 0, 50, clock.now(), clock.now())
+        assert await store.transition("late", "cancelled", at=clock.now() - timedelta(days=1))
+        clock.advance(30)
+        await scheduler.tick()
+        assert [job.job_id for job in await store.jobs(task_name="manual")] == ["late", "waiting"]
+        clock.advance(31)
+        await scheduler.tick()
+        assert [job.job_id for job in await store.jobs(task_name="manual")] == ["waiting"]
+        for replica in (scheduler, keeper):
+            await replica.db.close()
+
+    asyncio.run(scenario())

@@ -66,7 +66,7 @@ def test_db_command_on_postgres(postgres_database: str) -> None:
     upgrade = scrapy_db("upgrade", expect=0, HYDRA_DB_URL=postgres_database)
     assert upgrade.stdout.startswith("Upgraded postgresql+psycopg://***@127.0.0.1:")
     current = scrapy_db("current", expect=0, HYDRA_DB_URL=postgres_database)
-    assert current.stdout == "0002_scheduler (head)\n"
+    assert current.stdout == "0003_job_retention (head)\n"
     scrapy_db("check", expect=0, HYDRA_DB_URL=postgres_database)
 
 

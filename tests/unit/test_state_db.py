@@ -145,7 +145,7 @@ class StateDBBehaviour:
             await db.close()
 
         run(scenario())
-        assert db.current_revision() == head_revision() == "0002_scheduler"
+        assert db.current_revision() == head_revision() == "0003_job_retention"
         db.dispose()
         assert set(inspect(engine).get_table_names()) >= TABLES
         assert count(engine, "SELECT count(*) FROM retry_config") == 1
@@ -165,6 +165,22 @@ class StateDBBehaviour:
         db.upgrade()
         assert schema_diff(engine) == []
         assert run(db.retry_policy("any")) == DEFAULT_RETRY_POLICY
+
+    def test_a_scheduler_database_at_0002_gains_the_retention_index(
+        self, db: StateDB, engine: Engine
+    ) -> None:
+        def indexes() -> set[str]:
+            return {str(index["name"]) for index in inspect(engine).get_indexes("scheduled_jobs")}
+
+        assert "ix_scheduled_jobs_state_finished_at" in indexes()
+        with engine.connect() as connection, connection.begin():
+            command.downgrade(alembic_config(connection), "0002_scheduler")
+        assert "ix_scheduled_jobs_state_finished_at" not in indexes()
+        assert "ix_scheduled_jobs_state_id" in indexes()  # 0002's are kept
+        db.upgrade()
+        assert db.current_revision() == "0003_job_retention"
+        assert "ix_scheduled_jobs_state_finished_at" in indexes()
+        assert schema_diff(engine) == []
 
     def test_calls_before_open_are_refused(self, db_url: str) -> None:
         db = StateDB(db_url)
@@ -658,10 +674,12 @@ def test_db_command_on_sqlite(tmp_path: Path) -> None:
     assert "not migrated" in check.stderr and "scrapy db upgrade" in check.stderr
     upgrade = scrapy_db("upgrade", expect=0, HYDRA_DB_URL=url)
     assert upgrade.stdout == (
-        f"Upgraded sqlite:///{tmp_path}/sub/hydra.db from an empty database to 0002_scheduler\n"
+        f"Upgraded sqlite:///{tmp_path}/sub/hydra.db from an empty database to 0003_job_retention\n"
     )
-    assert "already at 0002_scheduler" in scrapy_db("upgrade", expect=0, HYDRA_DB_URL=url).stdout
-    assert scrapy_db("current", expect=0, HYDRA_DB_URL=url).stdout == "0002_scheduler (head)\n"
+    assert (
+        "already at 0003_job_retention" in scrapy_db("upgrade", expect=0, HYDRA_DB_URL=url).stdout
+    )
+    assert scrapy_db("current", expect=0, HYDRA_DB_URL=url).stdout == "0003_job_retention (head)\n"
     assert "is at head" in scrapy_db("check", expect=0, HYDRA_DB_URL=url).stdout
 
 

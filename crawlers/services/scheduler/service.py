@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 TICK_SECONDS = 0.5
 #: fires claimed per tick at most; the rest wait for the next tick (still on time)
 FIRES_PER_TICK = 500
+#: how often the scheduler prunes expired history, and how much at most each time
+PRUNE_SECONDS = 60.0
+PRUNE_BATCH = 1000
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Scheduler:
         self.clock = clock or SystemClock()
         self.environ = dict(os.environ) if environ is None else environ
         self.id = new_worker_id()
+        self._next_prune: datetime | None = None
         self.store = SchedulerStore(db)
         self.box = SecretBox.from_config(config)
         self.configs = ConfigCache(self.store, self.box)
@@ -155,6 +159,7 @@ class Scheduler:
         await self.intake.take_status(now)
         await self._adopt()
         await self._reap(now)
+        await self._prune(now)
         await self._release(now)
         await self._dispatch(now)
         await self._watch(now)
@@ -302,6 +307,25 @@ class Scheduler:
                 continue
             reason = "no heartbeat: the job's worker, node or scheduler died"
             await self.settle(job_id, record.task_name, "failed", reason, record.stats, now)
+
+    async def _prune(self, now: datetime) -> None:
+        """At most once every :data:`PRUNE_SECONDS`, delete up to
+        :data:`PRUNE_BATCH` final jobs older than ``HYDRA_SCHEDULER_JOB_RETENTION_DAYS``
+        (with their transitions) and as many old trigger fires (each task's last one
+        stays: its trigger's window starts there); a larger backlog goes batch by batch."""
+        days = self.config.scheduler_job_retention_days
+        if days <= 0 or (self._next_prune is not None and now < self._next_prune):
+            return
+        self._next_prune = now + timedelta(seconds=PRUNE_SECONDS)
+        cutoff = now - timedelta(days=days)
+        try:
+            jobs = await self.store.prune_jobs(cutoff, PRUNE_BATCH)
+            fires = await self.store.prune_fires(cutoff, keep_last=True, limit=PRUNE_BATCH)
+        except Exception as exc:
+            logger.warning("Pruning old jobs failed: %s", type(exc).__name__)
+            return
+        if jobs or fires:
+            logger.info("Pruned %d jobs and %d trigger fires older than %s", jobs, fires, cutoff)
 
     # -- running ---------------------------------------------------------------
 

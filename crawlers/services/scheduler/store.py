@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypedDict, Unpack, cast
 
-from sqlalchemy import Row, case, delete, func, literal, select, text, update
+from sqlalchemy import Row, Select, case, delete, func, literal, select, text, update
 from sqlalchemy.engine import Connection
 
 from crawlers.db.models import ID_LENGTH, Base, utcnow
@@ -446,15 +446,31 @@ class SchedulerStore:
         with self.db.transaction(write=False) as connection:
             return {str(n): (int(v), bool(p)) for n, v, p in connection.execute(query)}
 
-    async def prune_fires(self, before: datetime) -> int:
+    async def prune_fires(
+        self, before: datetime, *, keep_last: bool = False, limit: int | None = None
+    ) -> int:
         """Forget fires due before ``before`` (only recent ones can still be raced
-        for); the number removed."""
-        return await asyncio.to_thread(self._prune_fires, _utc(before, "before"))
+        for); the number removed. ``keep_last`` keeps each task's latest fire
+        whatever its age (:meth:`last_fires`: where its trigger's next window
+        starts); ``limit`` bounds one call (the oldest go first)."""
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be 1 or more")
+        return await asyncio.to_thread(self._prune_fires, _utc(before, "before"), keep_last, limit)
 
-    def _prune_fires(self, before: datetime) -> int:
-        statement = delete(FIRES).where(FIRES.c.fire_at < literal(before, FIRES.c.fire_at.type))
+    def _prune_fires(self, before: datetime, keep_last: bool, limit: int | None) -> int:
+        old = FIRES.c.fire_at < literal(before, FIRES.c.fire_at.type)
+        if keep_last:
+            newer = FIRES.alias("newer")
+            old = old & (
+                select(newer.c.id)
+                .where(newer.c.task_name == FIRES.c.task_name, newer.c.fire_at > FIRES.c.fire_at)
+                .exists()
+            )
+        if limit is not None:
+            ids = select(FIRES.c.id).where(old).order_by(FIRES.c.fire_at).limit(limit)
+            old = FIRES.c.id.in_(ids.scalar_subquery())
         with self.db.transaction(write=True) as connection:
-            return int(connection.execute(statement).rowcount)
+            return int(connection.execute(delete(FIRES).where(old)).rowcount)
 
     # -- jobs ------------------------------------------------------------------
 
@@ -630,14 +646,36 @@ class SchedulerStore:
         return await asyncio.to_thread(self._stale_running, _utc(older_than, "older_than"))
 
     def _stale_running(self, older_than: datetime) -> list[str]:
-        alive = func.coalesce(JOBS.c.heartbeat_at, JOBS.c.started_at, JOBS.c.updated_at)
-        query = (
-            select(JOBS.c.job_id)
-            .where(JOBS.c.state == "running", alive < literal(older_than, JOBS.c.updated_at.type))
-            .order_by(JOBS.c.id)
-        )
+        query = stale_running_query(older_than)
         with self.db.transaction(write=False) as connection:
             return [str(job_id) for job_id in connection.execute(query).scalars()]
+
+    async def prune_jobs(self, finished_before: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` final jobs (succeeded, failed, cancelled,
+        timed_out) that finished before ``finished_before``, with their
+        transitions; the number of jobs removed. Pending, queued and running
+        jobs are never touched, however old. One short transaction: call again
+        while it returns ``limit``."""
+        if limit < 1:
+            raise ValueError("limit must be 1 or more")
+        return await asyncio.to_thread(
+            self._prune_jobs, _utc(finished_before, "finished_before"), limit
+        )
+
+    def _prune_jobs(self, finished_before: datetime, limit: int) -> int:
+        expired = expired_jobs_query(finished_before, limit)
+        with self.db.transaction(write=True) as connection:
+            job_ids = list(connection.execute(expired).scalars())
+            if not job_ids:
+                return 0
+            # explicit, not left to ON DELETE CASCADE (SQLite enforces it only with a pragma)
+            connection.execute(delete(TRANSITIONS).where(TRANSITIONS.c.job_id.in_(job_ids)))
+            removed = connection.execute(
+                delete(JOBS).where(
+                    JOBS.c.job_id.in_(job_ids), JOBS.c.state.in_(sorted(FINAL_JOB_STATES))
+                )
+            )
+            return int(removed.rowcount)
 
     async def jobs(
         self,
@@ -656,13 +694,7 @@ class SchedulerStore:
     def _jobs(
         self, task_name: str | None, state: str | None, limit: int, before_id: int | None
     ) -> list[SchedulerJob]:
-        query = select(JOBS).order_by(JOBS.c.id.desc()).limit(limit)
-        if task_name is not None:
-            query = query.where(JOBS.c.task_name == task_name)
-        if state is not None:
-            query = query.where(JOBS.c.state == state)
-        if before_id is not None:
-            query = query.where(JOBS.c.id < before_id)
+        query = jobs_query(task_name, state, limit, before_id)
         with self.db.transaction(write=False) as connection:
             return [_job(row) for row in connection.execute(query)]
 
@@ -732,6 +764,47 @@ class SchedulerStore:
         )
         with self.db.transaction(write=False) as connection:
             return int(connection.execute(query).scalar_one())
+
+
+def jobs_query(
+    task_name: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+) -> Select[Any]:
+    """The query behind :meth:`SchedulerStore.jobs` (and ``GET /jobs``): newest first,
+    served by the primary key, ``ix_scheduled_jobs_task_name_id`` or ``_state_id``."""
+    query = select(JOBS).order_by(JOBS.c.id.desc()).limit(limit)
+    if task_name is not None:
+        query = query.where(JOBS.c.task_name == task_name)
+    if state is not None:
+        query = query.where(JOBS.c.state == state)
+    if before_id is not None:
+        query = query.where(JOBS.c.id < before_id)
+    return query
+
+
+def stale_running_query(older_than: datetime) -> Select[Any]:
+    """The heartbeat reaper's query (``ix_scheduled_jobs_state_id``)."""
+    alive = func.coalesce(JOBS.c.heartbeat_at, JOBS.c.started_at, JOBS.c.updated_at)
+    return (
+        select(JOBS.c.job_id)
+        .where(JOBS.c.state == "running", alive < literal(older_than, JOBS.c.updated_at.type))
+        .order_by(JOBS.c.id)
+    )
+
+
+def expired_jobs_query(finished_before: datetime, limit: int) -> Select[Any]:
+    """Final jobs that finished before ``finished_before``, in no particular order
+    (``ix_scheduled_jobs_state_finished_at``: a range in each final state)."""
+    return (
+        select(JOBS.c.job_id)
+        .where(
+            JOBS.c.finished_at < literal(finished_before, JOBS.c.finished_at.type),
+            JOBS.c.state.in_(sorted(FINAL_JOB_STATES)),
+        )
+        .limit(limit)
+    )
 
 
 def _check_id(value: str, what: str) -> None:
