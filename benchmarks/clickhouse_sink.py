@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import shutil
 import statistics
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crawlers.items import PriceItem
+from benchmarks.bigquery_sink import price_rows
 from crawlers.sandbox.clickhouse_server import ClickHouseServer
 from crawlers.sinks.base import Rejection, Row
 from crawlers.sinks.clickhouse import ENGINE, OWN_SCHEMA, ClickHouseSink
@@ -49,22 +48,6 @@ DATABASE = "bench"
 VARIANTS = ("sink", "direct", "direct columnar", "sink, worker-like", "direct, worker-like")
 #: the sink's JSON settings (its stored bytes), for the direct variants
 ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=str, separators=(",", ":"))
-
-
-def price_rows(count: int, run_id: str) -> list[Row]:
-    rows = []
-    for number in range(count):
-        item = PriceItem(
-            run_id=run_id,
-            batch_id=f"b{number // 20}",
-            id=str(number),
-            data={"id": str(number), "price": number / 100, "currency": "EUR"},
-            fetched_at="2026-12-01T10:00:00.000000+00:00",
-            region="default",
-            attempt=0,
-        )
-        rows.append(Row(f"{run_id}/{number}", dataclasses.asdict(item), owner="lease"))
-    return rows
 
 
 def run_sink(
