@@ -344,6 +344,21 @@ class HydraConfig(BaseModel):
         description="Comma-separated keys that may only read the scheduler API (GET); "
         "`HYDRA_API_KEYS` are operator keys. Never logged.",
     )
+    console_secret: str = Field(
+        "",
+        description="Key that signs the console's session cookies: give every scheduler "
+        "replica the same one so a session works on all of them. Empty: a random key per "
+        "process (sessions end when the scheduler restarts). Never logged.",
+        repr=False,
+    )
+    console_session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="How long a console sign-in lasts."
+    )
+    console_prometheus_url: str = Field(
+        "",
+        description="Prometheus the console's charts query (`http://host:9090`): requests/s, "
+        "items/s and errors per task and region. Empty: the charts page says how to enable it.",
+    )
     tasks_file: str = Field(
         "",
         description="YAML/JSON file of task configs (`tasks: [...]`) the scheduler loads at "
@@ -732,7 +747,13 @@ class HydraConfig(BaseModel):
             "sentry_dsn",
         ) and isinstance(value, str):
             return DEFAULT_REDACTOR.url(value)
-        if field in ("api_keys", "readonly_api_keys", "scrapyd_password", "scheduler_secret_key"):
+        if field in (
+            "api_keys",
+            "readonly_api_keys",
+            "scrapyd_password",
+            "scheduler_secret_key",
+            "console_secret",
+        ):
             return "***"
         if field in ("regions", "scheduler_nodes") and isinstance(value, str):
             return DEFAULT_REDACTOR.text(value)

@@ -18,6 +18,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ValidationError
 
 from crawlers.config import HydraConfig
+from crawlers.console.app import mount_console
 from crawlers.models.task_config import TaskConfig
 from crawlers.models.validation import validation_error_text
 from crawlers.monitoring.services import scheduler_metrics
@@ -85,6 +86,7 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.console.feed.close()
             await scheduler.stop()
 
     app = FastAPI(title="Hydra scheduler", version="1", lifespan=lifespan)
@@ -240,6 +242,7 @@ def create_app(config: HydraConfig, scheduler: Scheduler) -> FastAPI:
 
     app.include_router(api)
     app.mount("/metrics", scheduler_metrics(scheduler))  # no key: counts only (docs/metrics.md)
+    mount_console(app, config, scheduler)
     return app
 
 

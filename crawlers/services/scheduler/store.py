@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypedDict, Unpack, cast
@@ -147,6 +147,8 @@ class JobTransition:
 
 class SchedulerStore:
     def __init__(self, db: StateDB) -> None:
+        #: called after each job creation or state change stored here (the console's feed)
+        self.listeners: list[Callable[[], None]] = []
         self.db = db
 
     # -- task configs ----------------------------------------------------------
@@ -497,6 +499,11 @@ class SchedulerStore:
             "scheduled_for": _utc(scheduled_for, "scheduled_for"),
         }
         await asyncio.to_thread(self._create_job, values)
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def _create_job(self, values: dict[str, Any]) -> None:
         now = utcnow()
@@ -550,7 +557,10 @@ class SchedulerStore:
             values.setdefault("finished_at", when)
         if "stats_json" in values:
             values["stats_json"] = _json_object(values["stats_json"])
-        return await asyncio.to_thread(self._transition, job_id, to_state, reason, when, values)
+        moved = await asyncio.to_thread(self._transition, job_id, to_state, reason, when, values)
+        if moved:
+            self._notify()
+        return moved
 
     def _transition(
         self, job_id: str, to_state: str, reason: str, at: datetime, values: dict[str, Any]
@@ -683,18 +693,25 @@ class SchedulerStore:
         state: JobState | None = None,
         limit: int = 50,
         before_id: int | None = None,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[SchedulerJob]:
-        """A page of jobs, newest first; the next page is ``before_id=page[-1].id``."""
+        """A page of jobs, newest first; the next page is ``before_id=page[-1].id``;
+        ``since``/``until`` bound when they were fired."""
         if state is not None and state not in JOB_STATES:
             raise ValueError(f"state must be one of {', '.join(JOB_STATES)}, not {state!r}")
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-        return await asyncio.to_thread(self._jobs, task_name, state, limit, before_id)
-
-    def _jobs(
-        self, task_name: str | None, state: str | None, limit: int, before_id: int | None
-    ) -> list[SchedulerJob]:
         query = jobs_query(task_name, state, limit, before_id)
+        fired = JOBS.c.fired_at
+        if since is not None:
+            query = query.where(fired >= literal(_utc(since, "since"), fired.type))
+        if until is not None:
+            query = query.where(fired < literal(_utc(until, "until"), fired.type))
+        return await asyncio.to_thread(self._jobs, query)
+
+    def _jobs(self, query: Select[Any]) -> list[SchedulerJob]:
         with self.db.transaction(write=False) as connection:
             return [_job(row) for row in connection.execute(query)]
 
