@@ -16,9 +16,11 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Form, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crawlers.config import HydraConfig
 from crawlers.console.auth import COOKIE, ConsoleAuth, Session, SignInRequired, Viewer
@@ -144,6 +146,19 @@ def mount_console(app: FastAPI, config: HydraConfig, scheduler: Scheduler) -> Co
         return RedirectResponse(f"{PREFIX}/login?next={target}", status_code=303)
 
     app.add_exception_handler(SignInRequired, sign_in_first)
+
+    async def error_page(request: Request, exc: Exception) -> Response:
+        """A console page's error as a page (the API keeps FastAPI's JSON answers)."""
+        assert isinstance(exc, StarletteHTTPException)
+        if not request.url.path.startswith(PREFIX + "/"):
+            return await http_exception_handler(request, exc)
+        session = console.auth.session(request)
+        return console.render(
+            request, "error.html", session, status=exc.status_code, status_code=exc.status_code,
+            detail=str(exc.detail),
+        )  # fmt: skip
+
+    app.add_exception_handler(StarletteHTTPException, error_page)
 
     @app.middleware("http")
     async def secure_pages(

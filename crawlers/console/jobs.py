@@ -15,8 +15,9 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from crawlers.console.auth import Changer, Viewer
-from crawlers.console.live import FIRST_ITEMS, RELOAD, sse, stats_view, tail_file
+from crawlers.console.live import RELOAD, sse, stats_view, tail_file
 from crawlers.db.scheduler_models import JOB_STATES
+from crawlers.models.job_status import FIRST_ITEMS_KEY
 
 if TYPE_CHECKING:
     from crawlers.console.app import Console
@@ -78,7 +79,7 @@ def router(console: Console) -> APIRouter:
             raise HTTPException(status_code=404, detail="no such job")
         items = [
             json.dumps(item, indent=2, ensure_ascii=False, sort_keys=True)
-            for item in (job.stats.get(FIRST_ITEMS) or [])
+            for item in (job.stats.get(FIRST_ITEMS_KEY) or [])
             if isinstance(item, dict)
         ]
         return console.render(

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from crawlers.db.state import StateDB
+from crawlers.models.job_status import FIRST_ITEMS_KEY
 from crawlers.services.scheduler.store import JOBS, TRANSITIONS
 
 logger = logging.getLogger(__name__)
@@ -200,8 +201,4 @@ async def tail_file(
 
 def stats_view(stats: dict[str, Any]) -> list[tuple[str, str]]:
     """Stats as sorted (key, value) text pairs, without the items the job reported."""
-    return [(key, str(value)) for key, value in sorted(stats.items()) if key != FIRST_ITEMS]
-
-
-#: where a job's first items are kept among its stats (``JobStatusReporter``)
-FIRST_ITEMS = "hydra/first_items"
+    return [(key, str(value)) for key, value in sorted(stats.items()) if key != FIRST_ITEMS_KEY]

@@ -96,12 +96,11 @@ def task_from_form(
             errors[field] = f"not valid YAML (line {mark.line + 1})" if mark else "not valid YAML"
     if existing is not None:
         _keep_masked_secrets(data, existing)
-    if errors:
-        return None, errors
-    try:
-        return TaskConfig.model_validate(data), {}
+    try:  # the other fields are checked too, so that every problem shows at once
+        task = TaskConfig.model_validate(data)
     except ValidationError as exc:
-        return None, field_errors(exc)
+        return None, {**field_errors(exc), **errors}
+    return (None, errors) if errors else (task, {})
 
 
 def field_errors(exc: ValidationError) -> dict[str, str]:

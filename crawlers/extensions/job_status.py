@@ -15,17 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from itemadapter import ItemAdapter
 from scrapy import Spider, signals
 from scrapy.exceptions import NotConfigured
 
 from crawlers.config import HydraConfig
-from crawlers.models.job_status import MAX_STATS, JobEvent, JobStatusEvent, StatValue
+from crawlers.models.job_status import (
+    MAX_ITEM_BYTES,
+    MAX_ITEMS,
+    MAX_STATS,
+    JobEvent,
+    JobStatusEvent,
+    StatValue,
+)
 from crawlers.topics import Topics, build_topics
 
 if TYPE_CHECKING:
@@ -56,6 +65,7 @@ class JobStatusReporter:
         self._beat: asyncio.Task[None] | None = None
         self._opened = False
         self._sequence = 0
+        self._items: list[dict[str, Any]] = []
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> JobStatusReporter:
@@ -74,7 +84,20 @@ class JobStatusReporter:
         reporter = cls(crawler, config, topics)
         crawler.signals.connect(reporter.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(reporter.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(reporter.item_scraped, signal=signals.item_scraped)
         return reporter
+
+    def item_scraped(self, item: Any) -> None:
+        """Keep the first items (redacted, size-capped) for the console's job page."""
+        if len(self._items) >= MAX_ITEMS:
+            return
+        try:
+            text = json.dumps(ItemAdapter(item).asdict(), default=str, ensure_ascii=False)
+        except (TypeError, ValueError):
+            text = json.dumps({"item": repr(item)})
+        if len(text.encode()) > MAX_ITEM_BYTES:
+            text = json.dumps({"truncated": text[: MAX_ITEM_BYTES // 2]})
+        self._items.append(self.config.redactor.value(json.loads(text)))
 
     async def spider_opened(self, spider: Spider) -> None:
         try:
@@ -111,6 +134,7 @@ class JobStatusReporter:
             worker=self.worker,
             stats=plain_stats(self.crawler.stats.get_stats()),
             finish_reason=reason,
+            items=self._items,
         )
         self._sequence += 1
         key = f"{self.config.job_id}:{self.worker}:{self._sequence}"

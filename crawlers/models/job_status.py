@@ -13,7 +13,7 @@ A :class:`TriggerMessage` is what another system adds to
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -24,6 +24,10 @@ JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0
 StatValue = int | float | str | bool
 #: stats a status event carries at most (Scrapy's stats are a few dozen keys)
 MAX_STATS = 500
+#: items a job reports (its first ones), and the JSON size of each at most
+MAX_ITEMS, MAX_ITEM_BYTES = 5, 4096
+#: the stats key under which the scheduler keeps a job's first items (the console shows them)
+FIRST_ITEMS_KEY = "hydra/first_items"
 
 
 class JobStatusEvent(BaseModel):
@@ -43,6 +47,12 @@ class JobStatusEvent(BaseModel):
     )
     finish_reason: str | None = Field(
         None, max_length=200, description="Scrapy's close reason, on `finished`."
+    )
+    items: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=MAX_ITEMS,
+        description="The first items the crawl scraped (at most 5, each at most 4 KiB of JSON, "
+        "secret-looking fields masked), on every event once there are some.",
     )
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from crawlers.db.scheduler_models import JobState
-from crawlers.models.job_status import JobStatusEvent, TriggerMessage
+from crawlers.models.job_status import FIRST_ITEMS_KEY, JobStatusEvent, TriggerMessage
 from crawlers.models.validation import validation_error_text
 from crawlers.services.scheduler.feeds import Entry
 
@@ -75,10 +75,11 @@ class StreamIntake:
             stream = self.scheduler.config.job_status_stream
             await self.feeds.dead_letter(stream, entry.raw, validation_error_text(exc))
             return
+        items = {FIRST_ITEMS_KEY: event.items} if event.items else {}
         if event.event != "finished":  # the worker's heartbeat, with its progress
-            await self.store.heartbeat(event.job_id, now, stats=event.stats)
+            await self.store.heartbeat(event.job_id, now, stats={**event.stats, **items})
             return
-        stats: dict[str, Any] = {"finish_reason": event.finish_reason, **event.stats}
+        stats: dict[str, Any] = {"finish_reason": event.finish_reason, **event.stats, **items}
         if event.job_id in self.scheduler.running:  # its process' exit decides
             self.scheduler.reported[event.job_id] = stats
             return
