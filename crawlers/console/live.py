@@ -63,6 +63,7 @@ class JobFeed:
         self._wake = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._cursor: int | None = None
+        self._floor = 0
         self._seen: deque[int] = deque(maxlen=4 * REREAD)
 
     def poke(self) -> None:
@@ -72,8 +73,8 @@ class JobFeed:
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[JobChange]]:
         queue: asyncio.Queue[JobChange] = asyncio.Queue(SUBSCRIBER_BACKLOG)
-        if self._cursor is None:
-            self._cursor = await asyncio.to_thread(self._last_id)
+        if self._cursor is None:  # what happened before the first page opened is on it
+            self._cursor = self._floor = await asyncio.to_thread(self._last_id)
         self._subscribers.add(queue)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.ensure_future(self._read_while_watched())
@@ -134,7 +135,7 @@ class JobFeed:
         seen = set(self._seen)
         changes = []
         for row in rows:
-            if row.id in seen or row.id <= self._cursor - REREAD:
+            if row.id in seen or row.id <= self._floor:
                 continue
             self._seen.append(row.id)
             self._cursor = max(self._cursor, row.id)
