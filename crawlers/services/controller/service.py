@@ -34,7 +34,13 @@ from crawlers.services.controller.regions import (
     RegionState,
     replacements,
 )
-from crawlers.services.controller.runs import FAILED, STORED, RunStore
+from crawlers.services.controller.runs import (
+    FAILED,
+    STORED,
+    RegionTimeline,
+    RunStore,
+    worker_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +78,7 @@ class Controller:
         self.client = redis.asyncio.Redis.from_url(self.config.redis_url, decode_responses=True)
         self.runs = RunStore(self.client)
         self.book = RegionBook(self.client, self.config.regions)
+        self.timeline = RegionTimeline(self.client)
         self.dispatcher = Dispatcher(self.config, [r.name for r in self.book.regions], self.id)
         await self.dispatcher.open()
         self.launchers = self._launchers or Launchers(self.config, self.env)
@@ -248,11 +255,16 @@ class Controller:
         )  # fmt: skip
         state.state = QUARANTINED
         state.quarantined_until = time.time() + self.config.region_cooldown_seconds
-        await self._stop_worker(state)
+        await self.timeline.record(
+            QUARANTINED, state.name, reason=event.reason, batch=event.batch_id,
+            run=event.run_id, until=state.quarantined_until,
+        )  # fmt: skip
+        await self._stop_worker(state, "quarantined")
         grown = replacements(self.book.regions, states, state.name, self.config.max_active_regions)
         for name in grown:
             states[name].state = ACTIVE
             logger.warning("Region %s activated in place of %s", name, state.name)
+            await self.timeline.record("activated", name, in_place_of=state.name)
         return grown
 
     async def _tend_regions(self) -> None:
@@ -265,21 +277,27 @@ class Controller:
                 state.state, state.quarantined_until = IDLE, None
                 dirty.append(state)
                 logger.info("Region %s is out of quarantine", state.name)
+                await self.timeline.record("released", state.name)
         if not any(s.state == ACTIVE for s in states.values()):
             idle = [r for r in self.book.regions if states[r.name].state == IDLE]
             if idle:  # nothing could take work: bring one back rather than wait forever
                 first = next((r for r in idle if r.start), idle[0])
                 states[first.name].state = ACTIVE
                 dirty.append(states[first.name])
+                await self.timeline.record("activated", first.name, reason="no region was active")
         for region in self.book.regions:
             state = states[region.name]
             if state.state == ACTIVE and not self.book.implicit:
                 if state.worker is None or not await self._alive(state.worker):
+                    why = "" if state.worker is None else "the last one had ended"
                     state.worker = await self.launchers.for_region(region).start(region)
                     dirty.append(state)
+                    await self.timeline.record(
+                        "worker_started", region.name, worker=worker_text(state.worker), reason=why
+                    )
             elif state.state != ACTIVE:
                 if state.worker is not None:
-                    await self._stop_worker(state)
+                    await self._stop_worker(state, f"the region is {state.state}")
                     dirty.append(state)
                 taken = await self.dispatcher.take_back(region.name)
                 if taken:
@@ -295,7 +313,7 @@ class Controller:
             logger.warning("Cannot tell whether worker %s lives: %s", handle, exc)
             return True  # do not start a second worker on a node we cannot see
 
-    async def _stop_worker(self, state: RegionState) -> None:
+    async def _stop_worker(self, state: RegionState, why: str) -> None:
         handle, state.worker = state.worker, None
         if handle is None:
             return
@@ -303,6 +321,9 @@ class Controller:
             await self.launchers.for_handle(handle).stop(handle)
         except Exception as exc:  # its leases expire; the region is drained regardless
             logger.warning("Stopping the worker of region %s failed: %s", state.name, exc)
+        await self.timeline.record(
+            "worker_stopped", state.name, worker=worker_text(handle), reason=why
+        )
         state.stopped_workers = [*state.stopped_workers[-9:], {**handle, "stopped_at": time.time()}]
 
     async def _stop_local_workers(self) -> None:
@@ -312,7 +333,7 @@ class Controller:
             dirty = []
             for state in states.values():
                 if state.worker is not None and state.worker.get("launcher") == "local":
-                    await self._stop_worker(state)
+                    await self._stop_worker(state, "the controller stopped")
                     dirty.append(state)
             await self.book.save(*dirty)
 
