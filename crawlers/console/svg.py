@@ -54,7 +54,7 @@ def time_ticks(low: float, high: float, count: int = 5) -> list[float]:
     """About ``count`` round moments (whole minutes, hours...) from ``low`` to ``high``."""
     if high <= low:
         return [low]
-    raw = (high - low) / max(count - 1, 1)
+    raw = (high - low) / max(count, 1)
     step = next((s for s in TIME_STEPS if s >= raw), None)
     if step is None:
         return ticks(low, high, count)
@@ -66,7 +66,7 @@ def ticks(low: float, high: float, count: int = 5) -> list[float]:
     """About ``count`` round values (1, 2 or 5 times a power of ten) from ``low`` to ``high``."""
     if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
         return [low]
-    raw = (high - low) / max(count - 1, 1)
+    raw = (high - low) / max(count, 1)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.ceil(low / step - 1e-9) * step
@@ -131,7 +131,8 @@ def line_chart(
             f"{escape(y_label(mark))}</text>"
         )
     fmt = x_label or time_label(x_high - x_low)
-    for mark in (time_ticks if x_label is None else ticks)(x_low, x_high, 5):
+    x_marks = (time_ticks if x_label is None else ticks)(x_low, x_high, 5)
+    for mark in x_marks if len(x_marks) > 1 else [x_low, x_high]:
         x = _n(sx(mark))
         out.append(
             f'<line x1="{x}" x2="{x}" y1="{top + plot_h}" y2="{top + plot_h + 4}" '
