@@ -23,7 +23,6 @@ from crawlers.config import HydraConfig
 from crawlers.db.state import StateDB
 from crawlers.models.regions import Region
 from crawlers.models.run_events import RunEvent
-from crawlers.services.controller import runs as runs_module
 from crawlers.services.controller.launchers import Handle, Launchers
 from crawlers.services.controller.runs import RunStore
 from crawlers.services.controller.service import Controller
@@ -100,6 +99,7 @@ def _hydra(config: HydraConfig, client: redis.Redis) -> str:
     launchers = Launchers(config)
     launchers.local = RecordingLauncher()  # type: ignore[assignment]
     controller = Controller(config, launchers=launchers)
+    run_id = ""
 
     def send(kind: str, region: str, ids: list[str], **more: Any) -> None:
         event = RunEvent(type=kind, run_id=run_id, batch_id="b000000", region=region, ids=ids,
@@ -119,7 +119,7 @@ def _hydra(config: HydraConfig, client: redis.Redis) -> str:
         try:
             await _until(lambda: _is(states(), {"a": "active", "b": "active", "c": "idle",
                                                 "d": "idle"}))  # fmt: skip
-            run_id = (await controller.create_run([str(n) for n in range(1, 7)]))["run_id"]
+            run_id = str((await controller.create_run([str(n) for n in range(1, 7)]))["run_id"])
             send("stored", "a", ["1", "2"])
             await _until(lambda: counts((2, 0, 4)))
             await asyncio.sleep(1.1)  # the next change is a new sample
@@ -133,7 +133,6 @@ def _hydra(config: HydraConfig, client: redis.Redis) -> str:
         finally:
             await controller.stop()
 
-    run_id = ""
     return asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
@@ -256,7 +255,7 @@ def test_progress_is_sampled_once_a_second_and_thinned_when_full(
     redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(runs_module.time, "time", lambda: clock[0])
+    monkeypatch.setattr(time, "time", lambda: clock[0])  # the controller's clock
 
     async def scenario() -> tuple[list[dict[str, float]], dict[str, float]]:
         async with redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True) as r:

@@ -40,7 +40,10 @@ def test_names_and_titles_are_escaped() -> None:
 
 
 def test_no_points_is_a_message_not_a_broken_chart() -> None:
-    for series in ({}, {"a": []}, {"a": [(float("nan"), 1.0), (1.0, float("inf"))]}):
+    empties: list[dict[str, list[tuple[float, float]]]] = [
+        {}, {"a": []}, {"a": [(float("nan"), 1.0), (1.0, float("inf"))]},
+    ]  # fmt: skip
+    for series in empties:
         root = _parse(line_chart(series, empty="Nothing <yet>"))
         texts = [t.text for t in root.iter(f"{SVG}text")]
         assert texts == ["Nothing <yet>"]
