@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 
-.PHONY: demo monitor test lint typecheck unit integration bench schemas docs scrapyd clean
+.PHONY: demo console monitor test lint typecheck unit integration bench schemas docs scrapyd clean
 
 $(STAMPS)/system: Makefile
 	@mkdir -p $(STAMPS)
@@ -66,6 +66,15 @@ $(STAMPS)/bqemulator:
 # spider; the hydra (controller, regions) on a private redis-server; an FTP channel.
 demo: $(STAMPS)/venv $(STAMPS)/system
 	$(PY) -m crawlers.demo
+
+# The scheduler and its console on the demo's tasks, until Ctrl-C: open the printed URL and
+# sign in with the printed key; the jobs' metrics go to $(MONITOR)/workers.json, which
+# `make monitor` (in another terminal) scrapes for the console's charts.
+CONSOLE_PORT ?= 6820
+console: $(STAMPS)/venv $(STAMPS)/system
+	@mkdir -p $(CURDIR)/.monitor
+	$(PY) -m crawlers.demo_scheduler --port $(CONSOLE_PORT) --sd-file $(CURDIR)/.monitor/workers.json \
+		--prometheus http://$(or $(PROMETHEUS_LISTEN),127.0.0.1:9090)
 
 # Prometheus and Alertmanager (Debian's packages) in the foreground with monitoring/'s
 # configs, their data under $(MONITOR); Ctrl-C stops both. Workers started with
