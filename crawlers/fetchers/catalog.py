@@ -3,22 +3,38 @@
 
 Moving channels to a new version is one transaction (:meth:`FetcherCatalog.promote`),
 so a failed heal leaves every mapping on the old version, never half of them.
+
+A heal job that asks for a person keeps its refused candidates (source, target
+version, problems) in its own ``job_runs.metadata_json`` under ``heal_candidates``;
+the person's decision goes beside them under ``review`` (:meth:`FetcherCatalog.decide`),
+so no table is needed for either.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 
 from crawlers.db.models import Base
 from crawlers.db.state import StateDB
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
 FETCHERS = Base.metadata.tables["fetcher_details"]
 CHANNELS = Base.metadata.tables["channel_fetcher_details"]
 JOBS = Base.metadata.tables["job_runs"]
+#: ``job_runs.metadata_json`` keys of a heal job: its refused candidates, the decision
+CANDIDATES_KEY = "heal_candidates"
+REVIEW_KEY = "review"
+
+
+class ReviewClosed(RuntimeError):
+    """The review cannot take this decision: decided already, not a review, or the
+    candidate's version number was taken meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -111,11 +127,73 @@ class FetcherCatalog:
         return await asyncio.to_thread(self._promote, old, new)
 
     def _promote(self, old: FetcherVersion, new: FetcherVersion) -> int:
-        statement = (
-            update(CHANNELS).where(CHANNELS.c.fetcher_id == old.id).values(fetcher_id=new.id)
-        )
         with self.db.transaction(write=True) as connection:
-            return int(connection.execute(statement).rowcount)
+            return _move(connection, old.id, new.id)
+
+    async def keep_candidate(self, job_id: str, candidate: dict[str, Any]) -> None:
+        """Add a refused heal candidate to its job's metadata, for the person who reviews."""
+        await asyncio.to_thread(self._keep_candidate, job_id, candidate)
+
+    def _keep_candidate(self, job_id: str, candidate: dict[str, Any]) -> None:
+        with self.db.transaction(write=True) as connection:
+            metadata = _job_metadata(connection, job_id)
+            if metadata is None:
+                return
+            kept = [*metadata.get(CANDIDATES_KEY, []), candidate]
+            connection.execute(
+                update(JOBS)
+                .where(JOBS.c.job_id == job_id)
+                .values(metadata_json={**metadata, CANDIDATES_KEY: kept})
+            )
+
+    async def decide(
+        self, job_id: str, decision: dict[str, Any], new: tuple[FetcherVersion, str, int] | None
+    ) -> int:
+        """Record a person's decision on a review; with ``new`` = (old version, candidate
+        name, candidate version), also add the candidate's version and move every channel
+        of the old one to it, all in one transaction. The number of channels moved."""
+        return await asyncio.to_thread(self._decide, job_id, decision, new)
+
+    def _decide(
+        self, job_id: str, decision: dict[str, Any], new: tuple[FetcherVersion, str, int] | None
+    ) -> int:
+        moved = 0
+        with self.db.transaction(write=True) as connection:
+            row = connection.execute(
+                select(JOBS.c.status, JOBS.c.metadata_json)
+                .where(JOBS.c.job_id == job_id)
+                .with_for_update()  # PostgreSQL: two people deciding at once wait in turn
+            ).first()
+            if row is None or row.status != "requires_human_review":
+                raise ReviewClosed(f"job {job_id} is not waiting for a review")
+            metadata = dict(row.metadata_json or {})
+            if metadata.get(REVIEW_KEY):
+                raise ReviewClosed(f"job {job_id} was decided already")
+            if new is not None:
+                old, name, version = new
+                taken = connection.execute(
+                    select(FETCHERS.c.id).where(
+                        (FETCHERS.c.structure_id == old.structure_id)
+                        & (FETCHERS.c.version == version)
+                    )
+                ).first()
+                if taken is not None:
+                    raise ReviewClosed(f"version {version} of {old.structure_id} exists already")
+                values = {
+                    "structure_id": old.structure_id,
+                    "fetcher_name": name,
+                    "version": version,
+                }
+                key = connection.execute(FETCHERS.insert().values(**values)).inserted_primary_key
+                assert key is not None
+                moved = _move(connection, old.id, int(key[0]))
+            record = {**decision, "moved": moved}
+            connection.execute(
+                update(JOBS)
+                .where(JOBS.c.job_id == job_id)
+                .values(metadata_json={**metadata, REVIEW_KEY: record})
+            )
+        return moved
 
     async def last_failure(self, channel_id: str) -> str | None:
         """The message of the channel's latest failed job: why a heal was asked for."""
@@ -150,6 +228,17 @@ class FetcherCatalog:
             return None
         items = (row[0] or {}).get("items")
         return int(items) if isinstance(items, int) else None
+
+
+def _move(connection: Connection, old_id: int, new_id: int) -> int:
+    statement = update(CHANNELS).where(CHANNELS.c.fetcher_id == old_id).values(fetcher_id=new_id)
+    return int(connection.execute(statement).rowcount)
+
+
+def _job_metadata(connection: Connection, job_id: str) -> dict[str, Any] | None:
+    query = select(JOBS.c.metadata_json).where(JOBS.c.job_id == job_id).with_for_update()
+    row = connection.execute(query).first()
+    return None if row is None else dict(row[0] or {})
 
 
 def _version(row: Any) -> FetcherVersion:

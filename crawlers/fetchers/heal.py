@@ -12,7 +12,9 @@ in a count of at least ``HYDRA_HEAL_TOLERANCE`` times its last good run. Only
 then is the module committed, recorded and every mapping moved in one
 transaction. After ``max_heal_retries`` failed attempts the job asks for a
 person (``requires_human_review``) with the reasons; each attempt captures into
-``<workdir>/heal-<N>/``, which the spider keeps with the job (HAR and screenshots).
+``<workdir>/heal-<N>/``, which the spider keeps with the job (HAR and screenshots),
+and each refused candidate's source is kept in the job's metadata, so the person
+can still approve one (the console's reviews).
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ async def heal(
         if problems:
             outcome.reasons.extend(f"attempt {attempt}: {p}" for p in problems)
             logger.warning("Heal candidate %s refused: %s", name, "; ".join(problems))
+            # kept with the job: a person may still approve it (the console's reviews)
+            await catalog.keep_candidate(
+                task.job_id,
+                {
+                    "attempt": attempt, "name": name, "version": version, "reason": reason,
+                    "problems": problems, "source": source,
+                    "old": {"id": old.id, "structure_id": old.structure_id, "name": old.name,
+                            "version": old.version},
+                },
+            )  # fmt: skip
             continue
         await asyncio.to_thread(workshop.repo.commit, name, source, f"{name}: {reason}")
         record = await catalog.add_version(site, name, version)

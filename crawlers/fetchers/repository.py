@@ -18,8 +18,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
+from crawlers.config import project_path
 from crawlers.models.redaction import redact_url
+
+if TYPE_CHECKING:
+    from crawlers.config import HydraConfig
 
 _IDENTITY = ["-c", "user.name=Hydra fetcher generator", "-c", "user.email=hydra@localhost"]
 _REMOTE = re.compile(r"^(?:[a-z+]+://|[\w.-]+@[\w.-]+:)")
@@ -48,6 +53,15 @@ class FetcherRepository:
         self.location = location
         self.remote = bool(_REMOTE.match(location))
         self.path = cache_dir if self.remote else Path(location).expanduser()
+
+    @classmethod
+    def from_config(cls, config: HydraConfig) -> FetcherRepository:
+        """``HYDRA_FETCHERS_REPO`` (a local path against the project) and its cache: the
+        workers' repository, and the console's when a person approves a heal candidate."""
+        location = config.fetchers_repo
+        if "://" not in location and "@" not in location:
+            location = str(project_path(location))
+        return cls(location, project_path(config.fetchers_cache))
 
     def describe(self) -> str:
         return redact_url(self.location) if self.remote else str(self.path)

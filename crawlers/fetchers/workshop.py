@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import tldextract
 from scrapy import Spider, signals
 
-from crawlers.config import HydraConfig, project_path
+from crawlers.config import HydraConfig
 from crawlers.extensions.fetch_services import FetchServices
 from crawlers.fetchers.catalog import ChannelMapping, FetcherCatalog, FetcherVersion
 from crawlers.fetchers.repository import FetcherRepository, fetcher_name
@@ -71,12 +71,7 @@ class FetcherWorkshop:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.config = HydraConfig.from_crawler(crawler)
-        self.repo = FetcherRepository(
-            self.config.fetchers_repo
-            if "://" in self.config.fetchers_repo or "@" in self.config.fetchers_repo
-            else str(project_path(self.config.fetchers_repo)),
-            project_path(self.config.fetchers_cache),
-        )
+        self.repo = FetcherRepository.from_config(self.config)
         #: one generation at a time per site in this worker: two new channels of a site,
         #: or two heal tasks of one broken version, claimed together must not both
         #: write version N (the second waits, then finds it)
