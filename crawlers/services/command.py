@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
     from fastapi import FastAPI
 
+#: how long a stopping service waits for open requests (console event streams never end)
+GRACEFUL_SHUTDOWN_SECONDS = 3
+
 
 def configure_service_logging(config: HydraConfig, process: str = "service") -> None:
     """Scrapy's root handler for everything (uvicorn's loggers included), in JSON lines
@@ -80,6 +83,8 @@ class ServiceCommand(ScrapyCommand):
             raise UsageError(f"--bind/{self.bind_setting}: expected host:port, got {bind!r}")
         configure_service_logging(config, self.service)
         uvicorn.run(
-            app, host=host, port=int(port), log_level="info", access_log=False, log_config=None
-        )
+            app, host=host, port=int(port), log_level="info", access_log=False, log_config=None,
+            # open console pages hold event streams that never end by themselves
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )  # fmt: skip
         self.exitcode = 0
