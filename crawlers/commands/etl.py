@@ -3,12 +3,14 @@
 Needs ``HYDRA_REDIS_URL`` (the streams' server). Reads ``HYDRA_ETL_STREAMS``
 with the consumer group ``HYDRA_ETL_GROUP``, writes to ``HYDRA_ETL_SINKS``,
 exits when idle for ``HYDRA_IDLE_CLOSE_SECONDS`` (0: runs until SIGINT/SIGTERM,
-which finish the round in hand) and prints counts at each stage.
+which finish the round in hand) and prints counts at each stage. With
+``HYDRA_METRICS_PORT`` it serves ``/metrics`` like a worker (docs/metrics.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from typing import TYPE_CHECKING
@@ -25,8 +27,11 @@ from crawlers.sinks import Sink, build_sink
 if TYPE_CHECKING:
     import argparse
     from collections import Counter
+    from collections.abc import AsyncIterator
 
     from scrapy.settings import Settings
+
+    from crawlers.services.etl.service import EtlService
 
 
 class Command(ScrapyCommand):
@@ -69,9 +74,51 @@ async def run_etl(config: HydraConfig, settings: Settings) -> Counter[str]:
         loop.add_signal_handler(signum, service.stop)
     await service.open()
     try:
-        return await service.run()
+        async with serve_metrics(config, service):
+            return await service.run()
     finally:
         await service.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_metrics(config: HydraConfig, service: EtlService) -> AsyncIterator[None]:
+    """With ``HYDRA_METRICS_PORT``: ``/metrics`` (in the SD file) while the service runs,
+    its consumer group's lag sampled every ``HYDRA_METRICS_INTERVAL_SECONDS``."""
+    if config.metrics_port is None:
+        yield
+        return
+    from prometheus_client import CollectorRegistry
+
+    from crawlers.monitoring.endpoint import MetricsEndpoint
+    from crawlers.monitoring.etl import EtlMetricSet
+
+    registry = CollectorRegistry(auto_describe=True)
+    service.metrics = metrics = EtlMetricSet(
+        registry, streams=config.etl_streams, group=config.etl_group, consumer=service.consumer
+    )
+    endpoint = MetricsEndpoint(
+        registry, bind=config.metrics_bind, port=config.metrics_port, sd_path=config.metrics_sd_file
+    )
+
+    async def sample() -> None:
+        while True:
+            try:
+                await asyncio.wait_for(
+                    metrics.sample_groups(service.client), config.metrics_interval_seconds
+                )
+            except Exception as exc:  # Redis away: keep the last values
+                logging.getLogger(__name__).debug("Stream lag not sampled: %s", exc)
+            await asyncio.sleep(config.metrics_interval_seconds)
+
+    await asyncio.to_thread(endpoint.start, {"worker": service.consumer, "role": "etl"})
+    sampler = asyncio.create_task(sample())
+    try:
+        yield
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        await endpoint.stop()
 
 
 def print_summary(config: HydraConfig, stats: Counter[str]) -> None:

@@ -1,10 +1,10 @@
 """Prometheus ``/metrics`` of a worker, on ``HYDRA_METRICS_PORT``.
 
 Off unless ``HYDRA_METRICS_PORT`` is set (``0``: a free port, announced in the
-log). The server (prometheus-client's, in a daemon thread) listens on
-``HYDRA_METRICS_BIND``; with ``HYDRA_METRICS_SD_FILE`` the worker adds itself
-to that Prometheus ``file_sd`` file when the spider opens and removes itself
-when it closes.
+log). The server (``crawlers.monitoring.endpoint``, shared with ``scrapy etl``)
+listens on ``HYDRA_METRICS_BIND``; with ``HYDRA_METRICS_SD_FILE`` the worker adds
+itself to that Prometheus ``file_sd`` file when the spider opens and removes
+itself when it closes.
 
 The metrics come from Scrapy's stats collector, copied every
 ``HYDRA_METRICS_INTERVAL_SECONDS`` (and once more at the end) by a background
@@ -20,24 +20,19 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from scrapy import Spider, signals
 from scrapy.exceptions import NotConfigured
 
 from crawlers.config import HydraConfig
-from crawlers.monitoring import sd_file
+from crawlers.monitoring.endpoint import MetricsEndpoint
 from crawlers.monitoring.worker import WorkerMetricSet
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from scrapy.crawler import Crawler
 
     from crawlers.extensions.task_ledger import TaskLedger
@@ -52,9 +47,12 @@ class WorkerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics: WorkerMetricSet | None = None
         self.ledger: TaskLedger | None = None
-        self.server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self.target = ""
+        self.endpoint = MetricsEndpoint(
+            self.registry,
+            bind=config.metrics_bind,
+            port=config.metrics_port,
+            sd_path=config.metrics_sd_file,
+        )
         self._sampler: asyncio.Task[None] | None = None
 
     @classmethod
@@ -79,17 +77,7 @@ class WorkerMetrics:
             {"worker": worker_id, "spider": spider.name, "kind": kind, "region": self.config.region}
         )
         self.sample_stats()
-        try:
-            self._serve()
-        except OSError as exc:
-            logger.error(
-                "Metrics server not started on %s:%s: %s",
-                self.config.metrics_bind,
-                self.config.metrics_port,
-                exc,
-            )
-        else:
-            self._announce(spider, worker_id)
+        self.endpoint.start({"worker": worker_id, "spider": spider.name})
         self._sampler = asyncio.ensure_future(self._sample_loop())
 
     async def spider_closed(self, spider: Spider, reason: str) -> None:
@@ -102,50 +90,11 @@ class WorkerMetrics:
         self.sample_stats()
         if self.metrics is not None:
             self.metrics.leases_held.set(0)
-        if self.target and self.config.metrics_sd_file:
-            try:
-                await asyncio.to_thread(
-                    sd_file.remove_target, Path(self.config.metrics_sd_file), self.target
-                )
-            except OSError as exc:
-                logger.warning("Could not remove this worker from the SD file: %s", exc)
-        await self._stop_server()
-
-    # -- the server and its discovery ------------------------------------------
-
-    def _serve(self) -> None:
-        server, thread = start_http_server(
-            self.config.metrics_port or 0, addr=self.config.metrics_bind, registry=self.registry
-        )
-        self.server, self._thread = server, thread
+        await self.endpoint.stop()
 
     @property
     def port(self) -> int:
-        return int(self.server.server_port) if self.server is not None else 0
-
-    def _announce(self, spider: Spider, worker_id: str) -> None:
-        host = self.config.metrics_bind
-        if host in ("0.0.0.0", "::", ""):
-            host = socket.gethostname()
-        shown = f"[{host}]" if ":" in host else host
-        self.target = f"{shown}:{self.port}"
-        logger.info("Metrics on http://%s/metrics", self.target)
-        if not self.config.metrics_sd_file:
-            return
-        labels = {"worker": worker_id, "spider": spider.name}
-        try:
-            sd_file.add_target(Path(self.config.metrics_sd_file), self.target, labels)
-        except OSError as exc:
-            logger.error("Could not add this worker to the SD file: %s", exc)
-
-    async def _stop_server(self) -> None:
-        server, self.server = self.server, None
-        if server is None:
-            return
-        await asyncio.to_thread(server.shutdown)  # waits for serve_forever's poll
-        server.server_close()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5)
+        return self.endpoint.port
 
     # -- sampling ------------------------------------------------------------
 

@@ -33,6 +33,7 @@ import redis.exceptions
 from crawlers.config import HydraConfig
 from crawlers.etl.processor import DataProcessor, ProcessedRow
 from crawlers.models.deadletter import DeadLetterEntry, DeadLetterReason
+from crawlers.monitoring.etl import EtlMetricSet, Outcome
 from crawlers.queues import new_worker_id
 from crawlers.sinks import Rejection, Row, Sink, SinkError
 
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 BLOCK_MS = 500
 #: the longest pause between two attempts at a failing flush
 MAX_BACKOFF = 30.0
+#: the order of a round's acknowledged entries before its rows
+OUTCOMES_IN_ORDER: tuple[Outcome, ...] = ("poison", "invalid", "duplicate")
 
 
 @dataclass
@@ -62,8 +65,11 @@ class EtlService:
         sinks: Sequence[Sink],
         *,
         client: redis.asyncio.Redis | None = None,
+        metrics: EtlMetricSet | None = None,
     ) -> None:
         self.config = config
+        #: Prometheus metrics (``scrapy etl`` with HYDRA_METRICS_PORT), added to per batch
+        self.metrics = metrics
         self.processor = processor
         self.sinks = list(sinks)
         self.consumer = new_worker_id()
@@ -72,6 +78,8 @@ class EtlService:
         self._stopping = asyncio.Event()
         #: the round's processed rows by entry handle (a rejected one frees its key)
         self._processed: dict[str, ProcessedRow] = {}
+        #: the round's sink-rejected rows, by stream (for the metrics)
+        self._rejected: Counter[str] = Counter()
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -120,7 +128,10 @@ class EtlService:
                     break
                 continue
             idle_since = time.monotonic()
+            started = time.perf_counter()
             await self._round(entries)
+            if self.metrics is not None:
+                self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return self.stats
 
     async def _read(self) -> list[_Entry]:
@@ -134,6 +145,8 @@ class EtlService:
             taken = [item for item in claimed[1] if item and item[1] is not None]
             if taken:
                 self.stats["claimed"] += len(taken)
+                if self.metrics is not None:
+                    self.metrics.reclaimed.labels(stream).inc(len(taken))
             entries += [_Entry(stream, str(i), str(f.get("message", ""))) for i, f in taken]
         room = max(1, self.config.etl_batch - len(entries))
         block = None if entries else BLOCK_MS
@@ -162,6 +175,9 @@ class EtlService:
         except Exception as exc:  # the whole batch: left pending, retried, then poison
             logger.warning("Processing a batch failed (%s); it will be retried", exc)
             await self._ack(done)
+            if self.metrics is not None:
+                self.metrics.batch_errors.inc()
+                self.metrics.add("poison", Counter(entry.stream for entry in done))
             await asyncio.sleep(1.0)
             return
         for handle, raw, reason, error in outcome.failures:
@@ -171,11 +187,28 @@ class EtlService:
         done += [by_handle[handle] for handle in outcome.duplicates]
         rows = [Row(key=r.key, data=r.data, owner=r.entry_id) for r in outcome.rows]
         self._processed = {row.entry_id: row for row in outcome.rows}
+        self._rejected.clear()
         if rows and not await self._store(rows):
             return  # stopping while a sink failed: nothing acknowledged, all re-read later
         self.stats["processed"] += len(rows)
+        poison = len(done) - len(outcome.failures) - len(outcome.duplicates)
         done += [by_handle[row.owner] for row in rows if row.owner in by_handle]
         await self._ack(done)
+        if self.metrics is not None:
+            self._count(done, poison, len(outcome.failures), len(outcome.duplicates))
+            self.metrics.count_invalid(failure.reason for failure in outcome.failures)
+
+    def _count(self, done: list[_Entry], poison: int, invalid: int, duplicates: int) -> None:
+        """Count a round's acknowledged entries by stream: ``done`` holds the poison ones,
+        then the invalid ones, the duplicates and the rows (sink-rejected ones among them)."""
+        assert self.metrics is not None
+        ends = (poison, poison + invalid, poison + invalid + duplicates)
+        starts = (0, *ends)
+        for outcome, start, end in zip(OUTCOMES_IN_ORDER, starts, ends, strict=False):
+            self.metrics.add(outcome, Counter(entry.stream for entry in done[start:end]))
+        stored = Counter(entry.stream for entry in done[ends[-1] :])
+        self.metrics.add("stored", stored - self._rejected)
+        self.metrics.add("sink_rejected", self._rejected)
 
     async def _store(self, rows: list[Row]) -> bool:
         """Write and flush ``rows`` to every sink, retrying until durable (True) or
@@ -188,9 +221,14 @@ class EtlService:
                 for sink in self.sinks:
                     for rejection in await sink.flush():
                         await self._reject(rejection, sink)
+                if self.metrics is not None:
+                    self.metrics.sink_failing.set(0)
                 return True
             except SinkError as exc:
                 self.stats["sink_errors"] += 1
+                if self.metrics is not None:
+                    self.metrics.flush_errors.inc()
+                    self.metrics.sink_failing.set(1)
                 logger.warning("A sink failed (%s); retrying in %.1f s", exc, delay)
             if self._stopping.is_set():
                 return False
@@ -218,6 +256,7 @@ class EtlService:
         if processed is not None:
             await self.processor.release([processed])
         stream = rejection.row.owner.split("|", 1)[0]
+        self._rejected[stream] += 1
         entry = _Entry(stream, rejection.row.owner.split("|", 1)[-1], "")
         await self._dead_letter(
             entry, "sink_rejected", f"{sink.describe()}: {rejection.error}", str(rejection.row.data)
