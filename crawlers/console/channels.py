@@ -64,9 +64,11 @@ def router(console: Console) -> APIRouter:
         if mapped is not None:
             site = mapped.fetcher.structure_id
             versions = await asyncio.to_thread(data.versions, db, console.config, site)
+        # the mapping keeps no credentials, but a URL may carry a token in its query
+        public = console.config.redactor.value(mapped.config) if mapped is not None else {}
         return console.render(
             request, "channel.html", session, channel_id=channel_id, mapped=mapped, jobs=jobs,
-            versions=versions,
+            versions=versions, public=public,
         )  # fmt: skip
 
     @api.get("/reviews")
@@ -124,7 +126,13 @@ def router(console: Console) -> APIRouter:
         old = await asyncio.to_thread(data.fetcher_by_id, db, int(old_id or 0))
         if old is None:
             raise HTTPException(status_code=409, detail="the broken version is gone")
-        name, version = str(candidate["name"]), int(candidate["version"])
+        name, version, source = (
+            candidate.get("name"),
+            candidate.get("version"),
+            candidate.get("source"),
+        )
+        if not (isinstance(name, str) and isinstance(version, int) and isinstance(source, str)):
+            raise HTTPException(status_code=409, detail="the candidate was not kept whole")
         message = (
             f"{name}: {candidate.get('reason', 'heal')}, refused by validation, approved in "
             f"the console by {session.key_id} (review of job {review.job_id})"
@@ -138,7 +146,7 @@ def router(console: Console) -> APIRouter:
                 return await refuse(request, session, review.job_id, why)
             try:
                 await asyncio.to_thread(
-                    data.commit_candidate, console.config, name, str(candidate["source"]), message
+                    data.commit_candidate, console.config, name, source, message
                 )
             except RepositoryError as exc:
                 why = f"the fetchers repository refused it: {exc}"

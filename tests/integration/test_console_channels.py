@@ -102,7 +102,11 @@ async def _seed(config: HydraConfig, tmp_path: Path) -> None:
         repo.commit(name, MODULE.format(name=name, version=1), f"{name}: new channel of {site}")
         versions[url] = await catalog.add_version(site, name, 1)
     for channel, url in (("ch1", SHOP), ("ch2", SHOP), ("ch3", OTHER)):
-        await catalog.map_channel(channel, versions[url], {"url": url, "channel_name": channel})
+        public = {
+            "url": url + ("?token=tok-s3cret" if channel == "ch3" else ""),
+            "channel_name": channel,
+        }
+        await catalog.map_channel(channel, versions[url], public)
     jobs = [
         ("j1", "ch1", "success", "12 items in 3 files"),
         ("j2", "ch1", "failed", f"website changed: HTTP 410 {XSS} (heal task queued)"),
@@ -204,6 +208,8 @@ def test_channels_show_their_fetcher_last_job_versions_and_history(
     assert "HTTP 410" in page and XSS not in page and "&lt;script&gt;" in page
     assert f'href="/ui/reviews/{REVIEW}"' in page
     assert client.get("/ui/channels/nope").status_code == 404
+    other = client.get("/ui/channels/ch3").text  # a token in the channel's URL is masked
+    assert "tok-s3cret" not in other and f"{OTHER}?token=***" in other
 
 
 def test_a_review_shows_its_reasons_candidates_har_link_and_screenshots(
