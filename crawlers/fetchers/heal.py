@@ -46,7 +46,7 @@ async def heal(
         built = await workshop.build(
             task, workdir, version=1, reason=f"new channel {task.channel_id}"
         )
-        outcome.fetcher = built.name
+        outcome.fetcher, outcome.result = built.name, "new_channel"
         return outcome
     old = mapping.fetcher
     # another heal task (of this channel, or of another channel of the same version)
@@ -56,7 +56,7 @@ async def heal(
         logger.warning(
             "Channel %s: %s works (healed meanwhile): no new version", task.channel_id, old.name
         )
-        outcome.fetcher = old.name
+        outcome.fetcher, outcome.result = old.name, "already_working"
         return outcome
     channels = await catalog.channels_of(old)
     cause = await catalog.last_failure(task.channel_id) or "heal requested"
@@ -93,7 +93,7 @@ async def heal(
         record = await catalog.add_version(site, name, version)
         moved = await catalog.promote(old, record)
         logger.warning("Healed %s -> %s on %d channels", old.name, name, moved)
-        outcome.fetcher = name
+        outcome.fetcher, outcome.result = name, "healed"
         return outcome
     outcome.review = True
     return outcome

@@ -65,6 +65,8 @@ class HealOutcome:
     fetcher: str = ""
     review: bool = False
     reasons: list[str] = field(default_factory=list)
+    #: ``new_channel``, ``already_working``, ``healed`` or ``needs_review`` (stats, metrics)
+    result: str = "needs_review"
 
 
 class FetcherWorkshop:

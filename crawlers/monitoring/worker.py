@@ -20,6 +20,7 @@ FLUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 RESPONSE_STATUS = "downloader/response_status_count/"
 DOWNLOAD_EXCEPTION = "downloader/exception_type_count/"
 DEADLETTER = "hydra/deadletter/"
+HEAL = "hydra/heal/"
 #: the lean price path runs without DownloaderStats: its kind's own stats say the same
 PRICE_OK = "hydra/prices/ids_fetched"
 PRICE_STOPPED = "hydra/prices/stopped/"
@@ -61,6 +62,13 @@ class WorkerMetricSet:
             "hydra_deadletter_total",
             "Dead-letter entries written, by reason.",
             ["reason"],
+            registry=registry,
+        )
+        self.heals = Counter(
+            "hydra_heals_total",
+            "Heals of web/API channels by outcome (queued, healed, already_working, "
+            "new_channel, needs_review).",
+            ["outcome"],
             registry=registry,
         )
         self.leases_lost = Counter(
@@ -124,6 +132,7 @@ class WorkerMetricSet:
         # series that exist (at 0) from the start, so rate() and absent() see them
         self.items.labels(kind, region)
         self.items_stored.labels(kind, region)
+        self.heals.labels("needs_review")
 
     def sync(self, stats: Mapping[str, Any]) -> None:
         """Add what the stats counted since the last call."""
@@ -148,6 +157,8 @@ class WorkerMetricSet:
                 self._add_requests("error", delta)
             elif key.startswith(DEADLETTER):
                 self.deadletters.labels(key[len(DEADLETTER) :]).inc(delta)
+            elif key.startswith(HEAL):
+                self.heals.labels(key[len(HEAL) :]).inc(delta)
             elif key in LEASES_LOST:
                 lost += delta
             else:

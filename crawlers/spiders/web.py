@@ -82,6 +82,7 @@ class WebSpider(FetchSpider):
                 if task.heal_mode:
                     heal = await workshop.heal(task, policy, workdir, self._runner(policy, job))
                     job.fetcher, job.review = heal.fetcher, heal.review
+                    self.crawler.stats.inc_value(f"hydra/heal/{heal.result}")
                     if heal.review:
                         job.failure = "requires_human_review: " + "; ".join(heal.reasons)
                 if not job.failure:
@@ -102,6 +103,7 @@ class WebSpider(FetchSpider):
             return
         if job.heal:
             await workshop.queue_heal(self.ledger, task, job.failure)
+            self.crawler.stats.inc_value("hydra/heal/queued")
         result = job.result(task, time.monotonic() - started)
         yield result
         if result.error:

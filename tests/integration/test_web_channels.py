@@ -164,7 +164,9 @@ def test_a_site_that_cannot_be_healed_asks_for_a_person_and_keeps_its_mappings(
     _fast_retries(tmp_path, "ch1", heal=2)
     # the same site, now on its v2 API with nothing in it: v1 breaks, and no data to heal from
     with ShopServer(port=port, api_version=2, products=0) as shop:
-        _run(tmp_path, _task("j2", "ch1", shop.shop_url))
+        log = _run(tmp_path, _task("j2", "ch1", shop.shop_url))
+    # counted for hydra_heals_total{outcome} (the HydraHealNeedsPerson alert)
+    assert "'hydra/heal/queued': 1" in log and "'hydra/heal/needs_review': 1" in log
     statuses = _statuses(tmp_path)
     failed = statuses["j2"]
     assert failed["status"] == "failed" and failed["message"].startswith("website changed: ")

@@ -49,6 +49,8 @@ def test_stats_become_counters_by_delta() -> None:
         "item_scraped_count": 5,
         "hydra/sink/items_stored": 3,
         "hydra/deadletter/max_attempts": 1,
+        "hydra/heal/needs_review": 1,
+        "hydra/heal/healed": 2,
         "hydra/queue/lease_lost": 1,
         "hydra/queue/claimed": 2,
         "hydra/sink/flush_errors": 1,
@@ -68,6 +70,8 @@ def test_stats_become_counters_by_delta() -> None:
     assert _value(registry, "hydra_items_total", **labels) == 5
     assert _value(registry, "hydra_items_stored_total", **labels) == 9
     assert _value(registry, "hydra_deadletter_total", reason="max_attempts") == 1
+    assert _value(registry, "hydra_heals_total", outcome="needs_review") == 1
+    assert _value(registry, "hydra_heals_total", outcome="healed") == 2
     assert _value(registry, "hydra_leases_lost_total") == 3
     assert _value(registry, "hydra_messages_claimed_total") == 2
     assert _value(registry, "hydra_sink_flush_errors_total") == 1
