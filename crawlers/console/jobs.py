@@ -77,11 +77,7 @@ def router(console: Console) -> APIRouter:
         job = await store.job(job_id[:255])
         if job is None:
             raise HTTPException(status_code=404, detail="no such job")
-        items = [
-            json.dumps(item, indent=2, ensure_ascii=False, sort_keys=True)
-            for item in (job.stats.get(FIRST_ITEMS_KEY) or [])
-            if isinstance(item, dict)
-        ]
+        items = first_items(job.stats)
         return console.render(
             request, "job.html", session, job=job, history=await store.history(job.job_id),
             stats=stats_view(job.stats), items=items, flash=NOTICES.get(done, ""),
@@ -127,6 +123,15 @@ def router(console: Console) -> APIRouter:
     return api
 
 
+def first_items(stats: dict[str, Any]) -> list[str]:
+    """The items a job reported, each as indented JSON text."""
+    return [
+        json.dumps(item, indent=2, ensure_ascii=False, sort_keys=True)
+        for item in (stats.get(FIRST_ITEMS_KEY) or [])
+        if isinstance(item, dict)
+    ]
+
+
 def _quote(job_id: str) -> str:
     from urllib.parse import quote
 
@@ -147,6 +152,8 @@ async def _job_events(console: Console, job_id: str, log_ref: str | None) -> Asy
         job = await store.job(job_id)
         return job is None or job.final
 
+    nudge = asyncio.Event()  # a state change: its stats (final ones, at the end) at once
+
     async def states() -> None:
         async with console.feed.subscribe() as changes:
             while True:
@@ -155,6 +162,7 @@ async def _job_events(console: Console, job_id: str, log_ref: str | None) -> Asy
                     await out.put(sse("reload", "{}"))
                 elif change.job_id == job_id:
                     await out.put(sse("state", change.to_json()))
+                    nudge.set()
 
     async def stats() -> None:
         seen: datetime | None = None
@@ -162,8 +170,11 @@ async def _job_events(console: Console, job_id: str, log_ref: str | None) -> Asy
             job = await store.job(job_id)
             if job is not None and job.updated_at != seen:
                 seen = job.updated_at
-                await out.put(sse("stats", json.dumps(stats_view(job.stats))))
-            await asyncio.sleep(STATS_SECONDS)
+                view = {"stats": stats_view(job.stats), "items": first_items(job.stats)}
+                await out.put(sse("stats", json.dumps(view)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(nudge.wait(), STATS_SECONDS)
+            nudge.clear()
 
     async def log() -> None:
         async for lines in _log_lines(console, log_ref, finished):

@@ -214,5 +214,5 @@ def test_a_job_pages_stream_carries_its_state_stats_and_log_to_the_end(
     assert logged == ["starting <b>", "more"]
     states = [data["state"] for name, data in events if name == "state"]
     assert states == ["succeeded"]
-    stats = [dict(data) for name, data in events if name == "stats"]
-    assert stats[0] == {"item_scraped_count": "1"}
+    stats = [data for name, data in events if name == "stats"]
+    assert dict(stats[0]["stats"]) == {"item_scraped_count": "1"} and stats[0]["items"] == []

@@ -115,6 +115,8 @@ def test_an_interval_task_runs_and_its_secret_never_comes_back(
     job = api.get(f"/jobs/{done[0]['job_id']}").json()
     assert [h["to"] for h in job["history"]] == ["pending", "queued", "running", "succeeded"]
     assert job["stats"]["item_scraped_count"] == 2
+    items = job["stats"]["hydra/first_items"]  # what the console's job page shows
+    assert isinstance(items, list) and sorted(i["data"]["id"] for i in items) == ["1", "2"]
     shown = api.get("/tasks/prices-every")
     assert shown.json()["args"]["token"] == {"secret": "***"}
     for path in ("/tasks", "/tasks/prices-every", f"/jobs/{job['job_id']}"):

@@ -74,6 +74,14 @@ function liveJobPage(section) {
   source.addEventListener("state", (event) => {
     const change = JSON.parse(event.data);
     setState(document.getElementById("job-state"), change.state);
+    const history = document.querySelector("#history tbody");
+    if (history) {
+      const last = history.lastElementChild;
+      const row = document.createElement("tr");
+      row.append(cell(when(change.at)), cell(last ? last.cells[2].textContent : ""),
+                 cell(change.state, "state state-" + change.state), cell(change.reason));
+      history.appendChild(row);
+    }
     document.getElementById("job-reason").textContent = change.reason;
     if (["succeeded", "failed", "cancelled", "timed_out"].includes(change.state)) {
       document.getElementById("job-finished").textContent = when(change.at);
@@ -82,14 +90,26 @@ function liveJobPage(section) {
     }
   });
   source.addEventListener("stats", (event) => {
+    const view = JSON.parse(event.data);
     const body = document.querySelector("#stats tbody");
-    body.replaceChildren(...JSON.parse(event.data).map(([key, value]) => {
+    body.replaceChildren(...view.stats.map(([key, value]) => {
       const row = document.createElement("tr");
       const th = document.createElement("th");
       th.textContent = key;
       row.append(th, cell(value));
       return row;
     }));
+    if (view.items.length) {
+      document.getElementById("items").replaceChildren(...view.items.map((text) => {
+        const li = document.createElement("li");
+        const pre = document.createElement("pre");
+        pre.className = "item";
+        pre.textContent = text;
+        li.appendChild(pre);
+        return li;
+      }));
+      document.getElementById("no-items").hidden = true;
+    }
   });
   source.addEventListener("log", (event) => {
     const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;

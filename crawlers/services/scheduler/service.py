@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from crawlers.config import HydraConfig, project_path
 from crawlers.db.scheduler_models import JobState
 from crawlers.db.state import StateDB
+from crawlers.models.job_status import FIRST_ITEMS_KEY
 from crawlers.models.task_config import TaskConfig, load_task_file
 from crawlers.queues import new_worker_id
 from crawlers.services.scheduler.alert_rules import FAILED_STATES, send_alerts
@@ -425,6 +426,10 @@ class Scheduler:
         self.running.pop(job_id, None)
         self.reported.pop(job_id, None)
         pending = self.pending.pop(job_id, None)
+        if FIRST_ITEMS_KEY not in stats:  # reported with a heartbeat only: keep them
+            current = await self.store.job(job_id)
+            if current is not None and FIRST_ITEMS_KEY in current.stats:
+                stats = {**stats, FIRST_ITEMS_KEY: current.stats[FIRST_ITEMS_KEY]}
         if not await self.store.transition(job_id, state, reason, at=now, stats_json=_plain(stats)):
             return
         logger.log(
@@ -480,7 +485,10 @@ def _job_id(task: str, fire: datetime) -> str:
 
 
 def _plain(stats: dict[str, Any]) -> dict[str, Any]:
+    """Stats as JSON scalars; the first items a job reported stay a list (for the console)."""
     return {
-        key: value if isinstance(value, int | float | str | bool) else str(value)
+        key: value
+        if isinstance(value, int | float | str | bool) or key == FIRST_ITEMS_KEY
+        else str(value)
         for key, value in stats.items()
     }
