@@ -144,3 +144,42 @@ def test_an_etl_processor_exposes_metrics_that_match_what_it_did(
         _scrape(target)
     assert len((tmp_path / "processed.jsonl").read_text().splitlines()) == 6
     assert redis_client.llen("hydra:deadletter") == 3
+
+
+def test_a_failing_sink_shows_in_the_metrics(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Every flush to /dev/full fails (no space left): the errors count, the processor
+    says it is failing, and nothing is stored or acknowledged."""
+    redis_client.xadd(STREAM, {"message": _record(1)})
+    sd_path = tmp_path / "targets.json"
+    env = worker_env(
+        HYDRA_REDIS_URL=redis_server.url,
+        HYDRA_ETL_STREAMS=STREAM,
+        HYDRA_ETL_SINKS="jsonl:///dev/full",
+        HYDRA_IDLE_CLOSE_SECONDS=0,
+        HYDRA_DEADLETTER_PATH=str(tmp_path / "dl.jsonl"),
+        HYDRA_METRICS_PORT=0,
+        HYDRA_METRICS_SD_FILE=sd_path,
+        HYDRA_METRICS_INTERVAL_SECONDS=0.2,
+    )
+    log_path = tmp_path / "etl.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(ETL, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        samples: Samples = {}
+        while samples.get(("hydra_etl_sink_flush_errors_total", ()), 0) < 2:
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, (samples, log_path.read_text()[-3000:])
+            time.sleep(0.2)
+            groups = sd_file.read_groups(sd_path)
+            samples = _scrape(groups[0]["targets"][0]) if groups else {}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert samples[("hydra_etl_sink_failing", ())] == 1
+    assert samples[("hydra_etl_pending_entries", (("stream", STREAM),))] == 1
+    assert _records(samples, "stored") == 0
+    assert process.returncode == 0, log_path.read_text()[-3000:]
+    assert sd_file.read_groups(sd_path) == []
