@@ -78,8 +78,8 @@ class EtlService:
         self._stopping = asyncio.Event()
         #: the round's processed rows by entry handle (a rejected one frees its key)
         self._processed: dict[str, ProcessedRow] = {}
-        #: the round's sink-rejected rows, by stream (for the metrics)
-        self._rejected: Counter[str] = Counter()
+        #: the round's entries a sink rejected (for the metrics; once, however many sinks)
+        self._rejected: set[str] = set()
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -206,9 +206,10 @@ class EtlService:
         starts = (0, *ends)
         for outcome, start, end in zip(OUTCOMES_IN_ORDER, starts, ends, strict=False):
             self.metrics.add(outcome, Counter(entry.stream for entry in done[start:end]))
-        stored = Counter(entry.stream for entry in done[ends[-1] :])
-        self.metrics.add("stored", stored - self._rejected)
-        self.metrics.add("sink_rejected", self._rejected)
+        rows = done[ends[-1] :]
+        rejected = self._rejected
+        self.metrics.add("stored", Counter(e.stream for e in rows if e.handle not in rejected))
+        self.metrics.add("sink_rejected", Counter(e.stream for e in rows if e.handle in rejected))
 
     async def _store(self, rows: list[Row]) -> bool:
         """Write and flush ``rows`` to every sink, retrying until durable (True) or
@@ -256,7 +257,7 @@ class EtlService:
         if processed is not None:
             await self.processor.release([processed])
         stream = rejection.row.owner.split("|", 1)[0]
-        self._rejected[stream] += 1
+        self._rejected.add(rejection.row.owner)
         entry = _Entry(stream, rejection.row.owner.split("|", 1)[-1], "")
         await self._dead_letter(
             entry, "sink_rejected", f"{sink.describe()}: {rejection.error}", str(rejection.row.data)
