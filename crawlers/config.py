@@ -487,27 +487,30 @@ class HydraConfig(BaseModel):
         None,
         ge=0,
         le=65535,
-        description="Port a worker (`scrapy crawl` of a task spider) serves Prometheus "
-        "`/metrics` on; `0`: a free port, announced in the log. Unset or empty: no metrics "
-        "server. The controller and scheduler serve `/metrics` on their own bind. See "
-        "docs/metrics.md.",
+        description="Port a worker (`scrapy crawl` of a task spider) or an ETL processor "
+        "(`scrapy etl`) serves Prometheus `/metrics` on; `0`: a free port, announced in the "
+        "log. Unset or empty: no metrics server. The controller and scheduler (and its "
+        "console) serve `/metrics` on their own bind. See docs/metrics.md.",
     )
     metrics_bind: str = Field(
         "127.0.0.1",
-        description="Address a worker's `/metrics` server listens on (`0.0.0.0` for a "
+        description="Address a worker's or ETL processor's `/metrics` server listens on "
+        "(`0.0.0.0` for a "
         "Prometheus on another machine; `/metrics` needs no key).",
     )
     metrics_sd_file: str = Field(
         "",
         description="Prometheus file-based service discovery (`file_sd`) JSON file: each "
-        "worker with metrics adds its target while it runs and removes it when it closes "
+        "worker or ETL processor with metrics adds its target while it runs and removes it "
+        "when it closes "
         "(locked, replaced atomically). Empty: not written.",
     )
     metrics_interval_seconds: float = Field(
         5.0,
         gt=0,
         description="How often a worker copies its Scrapy stats into its metrics and samples "
-        "its queue depth (in the background; a slow queue server delays only the sample).",
+        "its queue depth, and an ETL processor samples its streams' lag (in the background; "
+        "a slow server delays only the sample).",
     )
     sentry_dsn: str = Field(
         "",
