@@ -37,6 +37,7 @@ so they land at any point of the poll), so each is measured alone.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import random
 import socket
@@ -57,13 +58,12 @@ from sqlalchemy import create_engine, func, select
 from benchmarks.job_list import API_KEY, LIMIT, Api, databases, populate
 from crawlers.console.auth import COOKIE
 from crawlers.console.live import JobFeed
-from crawlers.db.state import StateDB
 from crawlers.fetchers.capture import CHROMIUM_ARGS, CHROMIUM_PATH
 from crawlers.services.scheduler.store import JOBS, TRANSITIONS
 
 WARMUP = 5
 #: how often the console's feed reads the database for other replicas' changes
-POLL = JobFeed(cast(StateDB, None)).poll_seconds
+POLL: float = inspect.signature(JobFeed).parameters["poll_seconds"].default
 TASK = "bench-live"
 #: in the open page: when each ``job:state`` first showed in the table
 OBSERVER = """() => {

@@ -17,6 +17,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tests.consolefixtures import (
     screenshot,
     sign_in,
 )
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -413,3 +415,76 @@ def _until(check: Any, timeout: float = 60) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
+
+
+def test_a_runs_chart_and_the_region_picture_render(
+    browser: Browser, redis_server: RedisServer, redis_client: Any, tmp_path: Path
+) -> None:
+    """A run made by a real controller (in process, workers recorded: see
+    test_console_runs), then a scheduler subprocess reading the same Redis: the run's
+    progress chart and the regions' graph are drawn in Chromium."""
+    from tests.integration.test_console_runs import EVIL, REGIONS, _config, _hydra
+
+    config = _config(tmp_path, redis_server.url)
+    with ThreadPoolExecutor(1) as thread:  # its own event loop: Playwright's runs here
+        run_id = thread.submit(_hydra, config, redis_client).result(timeout=90)
+    settings = {
+        "HYDRA_REDIS_URL": redis_server.url,
+        "HYDRA_REGIONS": json.dumps(REGIONS),
+        "HYDRA_MAX_ACTIVE_REGIONS": 3,
+        "HYDRA_REGION_COOLDOWN_SECONDS": 600,
+    }
+    (tmp_path / "scheduler").mkdir()
+    with SchedulerProcess(tmp_path / "scheduler", **settings) as scheduler:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        sign_in(page, scheduler.base_url, READER_KEY)
+        page.goto(f"{scheduler.base_url}/ui/runs")
+        page.click(f'a[href="/ui/runs/{run_id}"]')
+        expect(page.locator("#run-succeeded")).to_have_text("3")
+        chart = page.locator("#progress svg")
+        expect(chart).to_be_visible()
+        box = chart.bounding_box()
+        assert box is not None and box["width"] > 200 and box["height"] > 100, box
+        series = page.locator("#progress svg .series")
+        assert {series.nth(n).get_attribute("data-series") for n in range(series.count())} == {
+            "succeeded",
+            "failed",
+            "pending",
+        }
+        screenshot(page, "run-chart")
+        cut = {"chart": _clipped(page, "#progress svg")}
+
+        page.goto(f"{scheduler.base_url}/ui/regions")
+        graph = page.locator("#graph svg")
+        expect(graph).to_be_visible()
+        box = graph.bounding_box()
+        assert box is not None and box["width"] > 200 and box["height"] > 100, box
+        states = {"a": "quarantined", "b": "active", "c": "active", "d": "active"}
+        for name, state in states.items():
+            expect(graph.locator(f'g[data-region="{name}"]')).to_have_attribute("data-state", state)
+        expect(graph.locator("line[data-edge]")).to_have_count(4)
+        expect(page.locator('#regions tr[data-region="a"] td.state')).to_have_text("quarantined")
+        expect(page.locator("#timeline")).to_contain_text(EVIL)  # as text
+        assert page.evaluate(NOTHING_RAN)
+        screenshot(page, "regions")
+        cut["graph"] = _clipped(page, "#graph svg")
+        context.close()
+    assert cut == {"chart": [], "graph": []}, "labels cut off by the picture's edge"
+
+
+def _clipped(page: Page, svg: str) -> list[str]:
+    """The texts of an SVG drawn (partly) outside it: labels the picture cuts off."""
+    clipped: list[str] = page.evaluate(
+        """(selector) => {
+            const svg = document.querySelector(selector);
+            const box = svg.getBoundingClientRect();
+            return [...svg.querySelectorAll("text")].filter((text) => {
+                const r = text.getBoundingClientRect();
+                return r.left < box.left - 1 || r.right > box.right + 1
+                    || r.top < box.top - 1 || r.bottom > box.bottom + 1;
+            }).map((text) => text.textContent);
+        }""",
+        svg,
+    )
+    return clipped
