@@ -7,8 +7,11 @@ triggering it; the job going running -> succeeded in an open jobs page and job p
 a reload, the log tail showing lines while it runs; ``<script>``/``<img onerror>`` in the
 task name, description, log lines and items shown as text and never run; a read-only key's
 buttons disabled and its forced requests refused by the server; every state-changing
-console route refusing a request without the CSRF token. Full-page screenshots go to
-``HYDRA_TEST_ARTIFACTS`` (default ``test-artifacts/console/``).
+console route refusing a request without the CSRF token (and a foreign origin's); a job
+page opened while its job waits tailing the log once it starts; a run's progress chart and
+the regions' graph drawn from a real controller's records. Full-page screenshots go to
+``HYDRA_TEST_ARTIFACTS`` (default ``test-artifacts/console/``), read at import (the autouse
+fixture hides HYDRA_* variables from tests).
 """
 
 from __future__ import annotations
