@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 PAGE = 50
 #: how often an open job page gets the job's stats again
 STATS_SECONDS = 2.0
+#: how often a page opened before its job started looks for the job's log
+LOG_WAIT_SECONDS = 0.5
 #: an SSE comment this often keeps proxies from closing an idle stream
 KEEPALIVE_SECONDS = 15.0
 NOTICES = {"cancelled": "The job was cancelled.", "not-cancelled": "The job had already ended."}
@@ -118,7 +120,7 @@ def router(console: Console) -> APIRouter:
         job = await store.job(job_id[:255])
         if job is None:
             raise HTTPException(status_code=404, detail="no such job")
-        return _stream(_job_events(console, job.job_id, job.log_ref))
+        return _stream(_job_events(console, job.job_id))
 
     return api
 
@@ -144,7 +146,7 @@ def _stream(events: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
-async def _job_events(console: Console, job_id: str, log_ref: str | None) -> AsyncIterator[str]:
+async def _job_events(console: Console, job_id: str) -> AsyncIterator[str]:
     store = console.scheduler.store
     out: asyncio.Queue[str] = asyncio.Queue(64)  # full: the producers wait (backpressure)
 
@@ -177,6 +179,13 @@ async def _job_events(console: Console, job_id: str, log_ref: str | None) -> Asy
             nudge.clear()
 
     async def log() -> None:
+        log_ref = None
+        while log_ref is None:  # a page opened before the job started: wait for its log
+            job = await store.job(job_id)
+            if job is None or job.log_ref or job.final:
+                log_ref = (job.log_ref if job is not None else None) or ""
+            else:
+                await asyncio.sleep(LOG_WAIT_SECONDS)
         async for lines in _log_lines(console, log_ref, finished):
             await out.put(sse("log", json.dumps(lines)))
         await out.put(sse("log-end", "{}"))

@@ -134,9 +134,11 @@ def line_chart(
     x_marks = (time_ticks if x_label is None else ticks)(x_low, x_high, 5)
     for mark in x_marks if len(x_marks) > 1 else [x_low, x_high]:
         x = _n(sx(mark))
+        # a label near an edge is anchored inside the picture, so it is never cut
+        anchor = "end" if sx(mark) > width - right - 40 else "start" if sx(mark) < 40 else "middle"
         out.append(
             f'<line x1="{x}" x2="{x}" y1="{top + plot_h}" y2="{top + plot_h + 4}" '
-            f'stroke="#8a96a3"/><text x="{x}" y="{height - 8}" text-anchor="middle">'
+            f'stroke="#8a96a3"/><text x="{x}" y="{height - 8}" text-anchor="{anchor}">'
             f"{escape(fmt(mark))}</text>"
         )
     out.append(

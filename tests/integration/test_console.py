@@ -117,6 +117,7 @@ def test_pages_need_a_sign_in_and_the_cookie_is_strict_and_keyless(
     assert page.status_code == 200 and 'id="role">operator<' in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["referrer-policy"] == "same-origin"  # "no-referrer": Origin: null
     back = client.post("/ui/login?next=/ui/tasks", data={"api_key": READER}, follow_redirects=False)
     assert back.headers["location"] == "/ui/tasks"
     assert 'id="role">reader<' in client.get("/ui/tasks").text

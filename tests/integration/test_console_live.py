@@ -190,7 +190,7 @@ def test_a_job_pages_stream_carries_its_state_stats_and_log_to_the_end(
         await store.transition("j1", "running", stats_json={"item_scraped_count": 1})
         await store.annotate("j1", log_ref=str(log))
         events: list[tuple[str, Any]] = []
-        stream = _job_events(console, "j1", str(log))
+        stream = _job_events(console, "j1")
         async for text in stream:
             if text.startswith(":"):
                 continue
