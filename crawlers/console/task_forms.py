@@ -84,7 +84,6 @@ def task_from_form(
     for field in ("concurrency", "missed"):
         if form.get(field):
             data[field] = form[field]
-    data["paused"] = form.get("paused") == "on"
     for field in YAML_FIELDS:
         text = form.get(field, "")
         if not text.strip():
@@ -95,7 +94,7 @@ def task_from_form(
             mark = getattr(exc, "problem_mark", None)
             errors[field] = f"not valid YAML (line {mark.line + 1})" if mark else "not valid YAML"
     if existing is not None:
-        _keep_masked_secrets(data, existing)
+        errors.update(_keep_masked_secrets(data, existing))
     try:  # the other fields are checked too, so that every problem shows at once
         task = TaskConfig.model_validate(data)
     except ValidationError as exc:
@@ -119,22 +118,37 @@ def field_errors(exc: ValidationError) -> dict[str, str]:
     return errors
 
 
-def _keep_masked_secrets(data: dict[str, Any], existing: TaskConfig) -> None:
-    stored = existing.storage_dump()
+def _masked(value: Any) -> bool:
+    """A value as the form shows a secret: ``{secret: '***'}``, ``***``, ``u:***@``."""
+    if value == {"secret": MASK}:
+        return True
+    return isinstance(value, str) and (value == MASK or f":{MASK}@" in value or f"={MASK}" in value)
+
+
+def _keep_masked_secrets(data: dict[str, Any], existing: TaskConfig) -> dict[str, str]:
+    """Put the stored secrets back where the form sent exactly what it showed for the same
+    key (or the same whole alert); a masked value anywhere else is a problem (it would be
+    saved as the secret), returned by field."""
+    stored, shown = existing.storage_dump(), existing.public()
+    problems: dict[str, str] = {}
     for section in SECTIONS_WITH_SECRETS:
         given = data.get(section)
         if not isinstance(given, dict):
             continue
         for key, value in given.items():
-            if value == {"secret": MASK} and isinstance(stored[section].get(key), dict):
+            if key in shown[section] and value == shown[section][key]:
                 given[key] = stored[section][key]
+            elif _masked(value):
+                problems[section] = f"{key}: a masked value that is not stored under this name "
+                problems[section] += "(set the secret in the secrets panel)"
     given_alerts = data.get("alerts")
     if isinstance(given_alerts, list):
-        public = existing.public()["alerts"]
         for index, alert in enumerate(given_alerts):
-            same = index < len(public) and isinstance(alert, dict)
-            if same and alert.get("webhook") == public[index].get("webhook"):
-                alert["webhook"] = stored["alerts"][index].get("webhook")
+            if index < len(shown["alerts"]) and alert == shown["alerts"][index]:
+                given_alerts[index] = stored["alerts"][index]  # the whole alert, unchanged
+            elif isinstance(alert, dict) and _masked(alert.get("webhook")):
+                problems["alerts"] = f"alert {index + 1}: a changed alert needs its webhook again"
+    return problems
 
 
 def secret_paths(task: TaskConfig) -> list[str]:

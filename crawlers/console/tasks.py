@@ -93,11 +93,16 @@ def router(console: Console) -> APIRouter:
         request: Request, session: Session, task: TaskConfig, form: dict[str, str],
         *, creating: bool,
     ) -> Response:  # fmt: skip
+        changed_by = f"{who}:{session.key_id}"
         try:
-            await scheduler.put_task(task, f"{who}:{session.key_id}")
+            await scheduler.put_task(task, changed_by)
         except ValueError as exc:  # a plain secret without HYDRA_SCHEDULER_SECRET_KEY
             errors = {"args": str(exc)}
             return form_page(request, session, form, errors, creating=creating, status=422)
+        paused = form.get("paused") == "on"  # a flag of its own, not part of the config
+        stored = await scheduler.store.get_config(task.name)
+        if stored is not None and stored.paused != paused:
+            await scheduler.set_paused(task.name, paused, changed_by)
         return console.back(f"{console.prefix}/tasks/{task.name}?done=saved")
 
     @api.get("/tasks/{name}")

@@ -91,13 +91,15 @@ class JobStatusReporter:
         """Keep the first items (redacted, size-capped) for the console's job page."""
         if len(self._items) >= MAX_ITEMS:
             return
-        try:
+        redactor = self.config.redactor
+        try:  # redacted whole first: a cut text would hide its keys from the redactor
             text = json.dumps(ItemAdapter(item).asdict(), default=str, ensure_ascii=False)
+            text = json.dumps(redactor.value(json.loads(text)), ensure_ascii=False)
         except (TypeError, ValueError):
-            text = json.dumps({"item": repr(item)})
+            text = json.dumps({"item": redactor.text(repr(item))})
         if len(text.encode()) > MAX_ITEM_BYTES:
-            text = json.dumps({"truncated": text[: MAX_ITEM_BYTES // 2]})
-        self._items.append(self.config.redactor.value(json.loads(text)))
+            text = json.dumps({"truncated": redactor.text(text[: MAX_ITEM_BYTES // 2])})
+        self._items.append(json.loads(text))
 
     async def spider_opened(self, spider: Spider) -> None:
         try:

@@ -35,8 +35,20 @@ _SECRET_MARKERS = (
 DEFAULT_SECRET_PARAMS = ("key", "sig", "signature", "auth", "code", "session", "sid")
 #: a URL inside free text: scheme://... up to whitespace or a quote/bracket
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,15}://[^\s'\"<>`]+")
+#: a quoted secret-looking key and its quoted value, as in a logged dict
+#: (Scrapy's "Overridden settings: {'AWS_SECRET_ACCESS_KEY': '...'}")
+_QUOTED_PAIR = re.compile(
+    r"""(['"])([A-Za-z0-9_.-]{1,100})\1(\s*:\s*)(['"])((?:(?!\4)[^\\]|\\.){0,4096})\4"""
+)
 #: ``user:password@`` without a scheme, as in "invalid hostname: user:pw@host"
 _USERINFO_IN_TEXT = re.compile(r"([^\s:/@'\"<>`]*):[^\s/@'\"<>`]+@")
+
+
+def _masked_pair(match: re.Match[str]) -> str:
+    quote, key, colon, value_quote, value = match.groups()
+    if not value or value == MASK or not is_secret_key(key):
+        return match.group(0)
+    return f"{quote}{key}{quote}{colon}{value_quote}{MASK}{value_quote}"
 
 
 def is_secret_key(key: str) -> bool:
@@ -84,6 +96,8 @@ class Redactor:
             text = _URL_IN_TEXT.sub(lambda match: self.url(match.group(0)), text)
         if "@" in text:
             text = _USERINFO_IN_TEXT.sub(lambda match: f"{match.group(1)}:{MASK}@", text)
+        if "':" in text or '":' in text:
+            text = _QUOTED_PAIR.sub(_masked_pair, text)
         return text
 
     def value(self, value: Any) -> Any:

@@ -6,6 +6,7 @@ secrets, version diffs, escaping, trigger/pause/resume/cancel. The browser drive
 from __future__ import annotations
 
 import base64
+import html
 import re
 import time
 from collections.abc import Iterator
@@ -238,6 +239,12 @@ def test_secrets_are_write_only_and_a_masked_value_keeps_the_stored_one(
         return task.storage_dump()["args"]  # type: ignore[no-any-return]
 
     assert stored_args()["token"] == {"secret": SECRET}  # the mask kept the secret
+    renamed = client.post(
+        "/ui/tasks/sealed/edit",
+        data={**FORM, "args": "other_name: {secret: '***'}", "csrf_token": token},
+    )  # a mask under another name would become the secret "***": refused
+    assert renamed.status_code == 422 and "secrets panel" in renamed.text
+    assert stored_args()["token"] == {"secret": SECRET}
     set_one = client.post(
         "/ui/tasks/sealed/secrets",
         data={"section": "settings", "key": "HYDRA_API_TOKEN", "value": SECRET + "2",
@@ -344,3 +351,56 @@ def test_the_job_list_filters_and_pages(app_parts: tuple[TestClient, Scheduler])
     window = client.get("/ui/jobs?since=2025-12-31T00:00&until=2026-02-01T00:00").text
     assert len(re.findall(r'<tr data-job="', window)) == 30
     assert 'value="2025-12-31T00:00"' in window
+
+
+def test_an_unchanged_save_keeps_every_kind_of_secret_and_alerts_keep_their_own(
+    app_parts: tuple[TestClient, Scheduler],
+) -> None:
+    client, scheduler = app_parts
+    token = _sign_in(client, OPERATOR)
+    args = "api_token: plain-tok-1\nproxy: 'http://u:p4ss@h:8080/'\nids: '1'"
+    alerts = (
+        "- {webhook: {secret: 'https://hooks.example/AAA'}, on: [failure]}\n"
+        "- {webhook: {secret: 'https://hooks.example/BBB'}, on: [timeout]}"
+    )
+    assert _create(client, name="kinds", args=args, alerts=alerts).status_code == 303
+    portal = _portal(client)
+
+    def stored() -> dict[str, Any]:
+        return portal.call(scheduler.task, "kinds").storage_dump()  # type: ignore[no-any-return]
+
+    before = stored()
+    form = client.get("/ui/tasks/kinds/edit").text
+    shown = {
+        name: re.search(rf'<textarea id="f-{name}" name="{name}"[^>]*>([^<]*)</textarea>', form)
+        for name in ("args", "alerts")
+    }
+    sent = {name: html.unescape(match.group(1)) for name, match in shown.items() if match}
+    assert "plain-tok-1" not in sent["args"] and "p4ss" not in sent["args"]
+    saved = client.post(
+        "/ui/tasks/kinds/edit", data={**FORM, **sent, "csrf_token": token},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert saved.status_code == 303, saved.text
+    assert stored()["args"] == before["args"] and stored()["alerts"] == before["alerts"]
+    # the first alert removed: the second keeps its own hook, or the save is refused
+    second_only = "\n".join(sent["alerts"].split("\n- ")[1:])
+    second_only = second_only if second_only.startswith("-") else "- " + second_only
+    answer = client.post(
+        "/ui/tasks/kinds/edit",
+        data={**FORM, **sent, "alerts": second_only, "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 422 and "needs its webhook again" in answer.text
+    assert stored()["alerts"] == before["alerts"]  # A's hook never moved to B
+
+
+def test_the_forms_paused_box_pauses_and_resumes(app_parts: tuple[TestClient, Scheduler]) -> None:
+    client, scheduler = app_parts
+    token = _sign_in(client, OPERATOR)
+    assert _create(client, name="boxed", paused="on").status_code == 303
+    portal = _portal(client)
+    assert portal.call(scheduler.store.get_config, "boxed").paused is True
+    assert 'id="task-state">paused<' in client.get("/ui/tasks/boxed").text
+    client.post("/ui/tasks/boxed/edit", data={**FORM, "csrf_token": token})  # box unticked
+    assert portal.call(scheduler.store.get_config, "boxed").paused is False

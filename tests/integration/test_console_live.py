@@ -161,13 +161,14 @@ def test_a_crawl_reports_its_first_items_redacted_and_capped() -> None:
     crawler = get_crawler(Spider, {"HYDRA_JOB_ID": "job-1"})
     reporter = JobStatusReporter.from_crawler(crawler)
     reporter.item_scraped({"name": "first", "api_token": "tok-123", "url": "https://u:p@h/x"})
-    reporter.item_scraped({"name": "big", "text": "y" * (2 * MAX_ITEM_BYTES)})
+    reporter.item_scraped({"api_key": "k-9", "text": "y" * (2 * MAX_ITEM_BYTES)})
     for index in range(10):
         reporter.item_scraped({"name": f"item {index}"})
     items = reporter._items
     assert len(items) == 5
     assert items[0]["api_token"] == "***" and "u:p@" not in items[0]["url"]
     assert list(items[1]) == ["truncated"] and len(json.dumps(items[1])) <= MAX_ITEM_BYTES
+    assert "k-9" not in items[1]["truncated"]  # redacted before it was cut
     assert items[4] == {"name": "item 2"}
     event = JobStatusEvent(job_id="job-1", event="progress", at=NOW, items=items)
     assert JobStatusEvent.model_validate_json(event.model_dump_json()).items == items

@@ -73,3 +73,26 @@ def test_log_records_are_redacted_message_and_traceback() -> None:
     assert record.getMessage() == "Crawled <https://u:***@h/x?token=***>"
     assert record.exc_text is not None and "pw@" not in record.exc_text
     assert "u:***@h/x" in record.exc_text
+
+
+def test_secret_looking_keys_of_a_logged_dict_are_masked() -> None:
+    """Scrapy logs the settings a crawl overrides, a task's AWS keys among them."""
+    from pprint import pformat
+
+    settings = {
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "aws-s3cr3t",
+        "BOT_NAME": "hydra",
+        "EMPTY_PASSWORD": "",
+    }
+    record = logging.LogRecord(
+        "scrapy.crawler", logging.INFO, __file__, 1, "Overridden settings:\n%(settings)s",
+        ({"settings": pformat(settings)},), None,
+    )  # fmt: skip
+    RedactingFilter(Redactor()).filter(record)
+    text = record.getMessage()
+    assert "AKIDEXAMPLE" not in text and "aws-s3cr3t" not in text
+    assert "'AWS_SECRET_ACCESS_KEY': '***'" in text and "'BOT_NAME': 'hydra'" in text
+    assert "'EMPTY_PASSWORD': ''" in text  # nothing to hide
+    quoted = Redactor().text('{"api_token": "a\\"b", "name": "x"}')
+    assert quoted == '{"api_token": "***", "name": "x"}'
