@@ -9,25 +9,40 @@ family is a module with a ``router(console)``; :data:`PAGES` lists them.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Form, Request, Response
-from fastapi.exception_handlers import http_exception_handler
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, Response
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crawlers.config import HydraConfig
-from crawlers.console.auth import COOKIE, ConsoleAuth, Session, SignInRequired, Viewer
+from crawlers.console.auth import (
+    COOKIE,
+    ConsoleAuth,
+    Session,
+    SignInLimiter,
+    SignInRequired,
+    Viewer,
+    served_over_https,
+)
 from crawlers.console.live import JobFeed
 from crawlers.services.scheduler.service import Scheduler
 
 PREFIX = "/ui"
+#: the largest sign-in form body (a key of up to 1 KiB, urlencoded, and the CSRF-free rest)
+MAX_SIGN_IN_BODY = 8192
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
     "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
@@ -56,6 +71,8 @@ class Console:
             undefined=StrictUndefined,
         )
         self.templates.filters["when"] = _when
+        # messages a worker wrote (failures, heal reasons) may quote a URL with its token
+        self.templates.filters["redact"] = config.redactor.text
 
     def render(
         self,
@@ -87,19 +104,33 @@ def _when(value: datetime | str | float | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+async def _small_body(request: Request) -> None:
+    """The sign-in form needs no session: its body is capped before it is parsed."""
+    if int(request.headers.get("content-length") or MAX_SIGN_IN_BODY + 1) > MAX_SIGN_IN_BODY:
+        raise HTTPException(status_code=413, detail="a sign-in is a key, not a file")
+
+
 def _sign_in_routes(console: Console) -> APIRouter:
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
+    limiter = SignInLimiter()
 
     @router.get("/login")
     async def login_page(request: Request, next: str = "") -> HTMLResponse:
         return console.render(request, "login.html", None, next=_local(next), error="")
 
-    @router.post("/login")
+    @router.post("/login", dependencies=[Depends(_small_body)])
     async def login(
         request: Request, api_key: Annotated[str, Form(max_length=1024)] = "", next: str = ""
     ) -> Response:
+        client = request.client.host if request.client else "-"
+        if limiter.blocked(client):
+            return console.render(
+                request, "login.html", None, status=429, next=_local(next),
+                error="Too many failed sign-ins from here: wait a minute.",
+            )  # fmt: skip
         session = console.auth.sign_in(api_key)
         if session is None:
+            limiter.failed(client)
             return console.render(
                 request, "login.html", None, status=401, next=_local(next),
                 error="That key is not one of this scheduler's keys.",
@@ -107,7 +138,7 @@ def _sign_in_routes(console: Console) -> APIRouter:
         response = console.back(_local(next) or f"{PREFIX}/jobs")
         response.set_cookie(
             COOKIE, console.auth.cookie(session), max_age=console.auth.max_age,
-            httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/",
+            httponly=True, samesite="strict", secure=served_over_https(request), path="/",
         )  # fmt: skip
         return response
 
@@ -122,7 +153,11 @@ def _sign_in_routes(console: Console) -> APIRouter:
 
 def _local(url: str) -> str:
     """Only a path of this console as the place to return to (never another site)."""
-    return url if url.startswith(PREFIX + "/") and not url.startswith("//") else ""
+    path, _, query = url.partition("?")
+    normal = posixpath.normpath(path) if path else ""
+    if not normal.startswith(PREFIX + "/") or "\\" in url or any(ord(c) < 32 for c in url):
+        return ""
+    return normal + (f"?{query}" if query else "")
 
 
 def page_modules() -> list[ModuleType]:
@@ -160,6 +195,23 @@ def mount_console(app: FastAPI, config: HydraConfig, scheduler: Scheduler) -> Co
         )  # fmt: skip
 
     app.add_exception_handler(StarletteHTTPException, error_page)
+
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        """A console form or query FastAPI refused: a page naming the fields, never echoing
+        what was sent (it may be a secret)."""
+        assert isinstance(exc, RequestValidationError)
+        if not request.url.path.startswith(PREFIX + "/"):
+            return await request_validation_exception_handler(request, exc)
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'][1:]) or 'request'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        session = console.auth.session(request)
+        return console.render(
+            request, "error.html", session, status=422, status_code=422, detail=problems
+        )
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     @app.middleware("http")
     async def secure_pages(

@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -44,8 +46,11 @@ class SignInRequired(Exception):
 
 
 def fingerprint(key: str) -> str:
-    """A short digest that names a key in the cookie and in change history, never revealing it."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    """A short digest that names a key in the cookie and in change history (shown to
+    read-only keys): slow (PBKDF2, computed once per key at start), so that nobody can
+    guess an operator key offline from it."""
+    digest = hashlib.pbkdf2_hmac("sha256", key.encode(), b"hydra-console-key-id", 100_000)
+    return digest.hex()[:16]
 
 
 class ConsoleAuth:
@@ -101,7 +106,8 @@ class ConsoleAuth:
         if session is None:
             raise HTTPException(status_code=401, detail="sign in first")
         origin = request.headers.get("origin")
-        if origin and origin.rstrip("/") != _own_origin(request):
+        if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
+            # the host only: behind a TLS-terminating proxy the app sees http, the browser https
             raise HTTPException(status_code=403, detail="cross-site request refused")
         given = request.headers.get(CSRF_HEADER, "")
         if not given and request.headers.get("content-type", "").startswith(
@@ -117,9 +123,33 @@ class ConsoleAuth:
         return session
 
 
-def _own_origin(request: Request) -> str:
-    host = request.headers.get("host", "")
-    return f"{request.url.scheme}://{host}"
+def served_over_https(request: Request) -> bool:
+    """Directly, or behind a proxy that says so (``X-Forwarded-Proto``): the cookie is Secure."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
+class SignInLimiter:
+    """At most ``attempts`` failed sign-ins per client address in ``window`` seconds (in
+    memory, per process): key guessing through the form is slowed to a crawl."""
+
+    def __init__(self, attempts: int = 10, window: float = 60.0) -> None:
+        self.attempts, self.window = attempts, window
+        self._failures: dict[str, list[float]] = {}
+
+    def blocked(self, client: str) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(client, []) if now - t < self.window]
+        if recent:
+            self._failures[client] = recent
+        else:
+            self._failures.pop(client, None)
+        return len(recent) >= self.attempts
+
+    def failed(self, client: str) -> None:
+        if len(self._failures) > 10_000:  # many addresses: forget the oldest
+            self._failures.pop(next(iter(self._failures)))
+        self._failures.setdefault(client, []).append(time.monotonic())
 
 
 async def _viewer(request: Request) -> Session:

@@ -70,15 +70,20 @@ async def query_range(
         body: Any = answer.json()
     except (httpx.HTTPError, ValueError) as exc:
         raise PrometheusError(f"Prometheus did not answer ({type(exc).__name__})") from None
+    if not isinstance(body, dict):
+        raise PrometheusError("Prometheus answered something that is not a query result")
     if answer.status_code != 200 or body.get("status") != "success":
         error = str(body.get("error", answer.status_code))[:200]
         raise PrometheusError(f"Prometheus refused the query: {error}")
     series: dict[str, list[tuple[float, float]]] = {}
-    for item in body.get("data", {}).get("result", []):
-        labels = item.get("metric", {})
-        name = " / ".join(str(labels.get(key, "-")) for key in ("kind", "region"))
-        points = [(float(t), float(v)) for t, v in item.get("values", [])]
-        series[name] = [(t, v) for t, v in points if math.isfinite(v)]
+    try:
+        for item in body["data"]["result"]:
+            labels = item.get("metric", {})
+            name = " / ".join(str(labels.get(key, "-")) for key in ("kind", "region"))
+            points = [(float(t), float(v)) for t, v in item.get("values", [])]
+            series[name] = [(t, v) for t, v in points if math.isfinite(v)]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise PrometheusError("Prometheus answered a result this page cannot read") from None
     largest = sorted(series, key=lambda name: max((v for _, v in series[name]), default=0))
     return {name: series[name] for name in sorted(largest[-MAX_SERIES:])}
 

@@ -95,7 +95,7 @@ def router(console: Console) -> APIRouter:
         return console.back(f"{console.prefix}/jobs/{_quote(job.job_id)}?done={done}")
 
     @api.get("/events/jobs")
-    async def job_changes(session: Viewer) -> StreamingResponse:
+    async def job_changes(request: Request, session: Viewer) -> StreamingResponse:
         """Every job state change, as it is stored (``event: job``)."""
 
         async def events() -> AsyncIterator[str]:
@@ -105,6 +105,8 @@ def router(console: Console) -> APIRouter:
                     try:
                         change = await asyncio.wait_for(changes.get(), KEEPALIVE_SECONDS)
                     except TimeoutError:
+                        if console.auth.session(request) is None:  # expired meanwhile
+                            return
                         yield ": keepalive\n\n"
                         continue
                     if change is RELOAD:
@@ -115,12 +117,13 @@ def router(console: Console) -> APIRouter:
         return _stream(events())
 
     @api.get("/events/jobs/{job_id}")
-    async def one_job(session: Viewer, job_id: str) -> StreamingResponse:
+    async def one_job(request: Request, session: Viewer, job_id: str) -> StreamingResponse:
         """A job page's feed: its state changes, its stats, its log as it is written."""
         job = await store.job(job_id[:255])
         if job is None:
             raise HTTPException(status_code=404, detail="no such job")
-        return _stream(_job_events(console, job.job_id))
+        still = lambda: console.auth.session(request) is not None  # noqa: E731
+        return _stream(_job_events(console, job.job_id, still))
 
     return api
 
@@ -146,7 +149,9 @@ def _stream(events: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
-async def _job_events(console: Console, job_id: str) -> AsyncIterator[str]:
+async def _job_events(
+    console: Console, job_id: str, signed_in: Callable[[], bool] = lambda: True
+) -> AsyncIterator[str]:
     store = console.scheduler.store
     out: asyncio.Queue[str] = asyncio.Queue(64)  # full: the producers wait (backpressure)
 
@@ -173,7 +178,9 @@ async def _job_events(console: Console, job_id: str) -> AsyncIterator[str]:
             if job is not None and job.updated_at != seen:
                 seen = job.updated_at
                 view = {"stats": stats_view(job.stats), "items": first_items(job.stats)}
-                await out.put(sse("stats", json.dumps(view)))
+                await out.put(sse("stats", json.dumps(view, ensure_ascii=False)))
+            if job is None or job.final:  # its final stats are sent: nothing more to ask
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(nudge.wait(), STATS_SECONDS)
             nudge.clear()
@@ -187,7 +194,7 @@ async def _job_events(console: Console, job_id: str) -> AsyncIterator[str]:
             else:
                 await asyncio.sleep(LOG_WAIT_SECONDS)
         async for lines in _log_lines(console, log_ref, finished):
-            await out.put(sse("log", json.dumps(lines)))
+            await out.put(sse("log", json.dumps(lines, ensure_ascii=False)))
         await out.put(sse("log-end", "{}"))
 
     producers = [asyncio.ensure_future(p()) for p in (states, stats, log)]
@@ -197,6 +204,8 @@ async def _job_events(console: Console, job_id: str) -> AsyncIterator[str]:
             try:
                 yield await asyncio.wait_for(out.get(), KEEPALIVE_SECONDS)
             except TimeoutError:
+                if not signed_in():  # the session expired while the page stayed open
+                    return
                 yield ": keepalive\n\n"
     finally:
         for producer in producers:

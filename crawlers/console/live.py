@@ -73,8 +73,10 @@ class JobFeed:
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[JobChange]]:
         queue: asyncio.Queue[JobChange] = asyncio.Queue(SUBSCRIBER_BACKLOG)
-        if self._cursor is None:  # what happened before the first page opened is on it
+        if self._reader is None or self._reader.done():
+            # nobody watched: what happened meanwhile is on the page being opened
             self._cursor = self._floor = await asyncio.to_thread(self._last_id)
+            self._seen.clear()
         self._subscribers.add(queue)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.ensure_future(self._read_while_watched())
@@ -169,7 +171,7 @@ async def tail_file(
     idle = 0.0
     while True:
         try:
-            size = path.stat().st_size
+            size = (await asyncio.to_thread(path.stat)).st_size
         except FileNotFoundError:
             size = 0
         if offset is None:
@@ -180,24 +182,33 @@ async def tail_file(
         if size < offset:  # truncated or replaced: start again from its beginning
             offset, partial = 0, b""
         if size > offset:
-            with path.open("rb") as file:
-                file.seek(offset)
-                data = file.read(min(size - offset, LOG_CHUNK))
+            data = await asyncio.to_thread(_read_at, path, offset, min(size - offset, LOG_CHUNK))
             offset += len(data)
             lines = (partial + data).split(b"\n")
             partial = lines.pop()
+            if len(partial) > LOG_CHUNK:  # a "line" that never ends: sent as it is
+                lines.append(partial)
+                partial = b""
             if skip_first and lines:
                 lines = lines[1:]
             if lines:
                 yield [line.decode("utf-8", "replace") for line in lines]
             idle = 0.0
             continue
-        if await finished() and idle >= 1.0:
-            if partial:
-                yield [partial.decode("utf-8", "replace")]
-            return
+        if idle >= 1.0:  # a second without a line: is its job over? (asked once a second)
+            idle = 0.0
+            if await finished():
+                if partial:
+                    yield [partial.decode("utf-8", "replace")]
+                return
         await asyncio.sleep(poll_seconds)
         idle += poll_seconds
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with path.open("rb") as file:
+        file.seek(offset)
+        return file.read(size)
 
 
 def stats_view(stats: dict[str, Any]) -> list[tuple[str, str]]:

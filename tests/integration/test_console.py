@@ -404,3 +404,54 @@ def test_the_forms_paused_box_pauses_and_resumes(app_parts: tuple[TestClient, Sc
     assert 'id="task-state">paused<' in client.get("/ui/tasks/boxed").text
     client.post("/ui/tasks/boxed/edit", data={**FORM, "csrf_token": token})  # box unticked
     assert portal.call(scheduler.store.get_config, "boxed").paused is False
+
+
+def test_sign_in_is_limited_and_returns_only_to_console_paths(
+    app_parts: tuple[TestClient, Scheduler],
+) -> None:
+    client = app_parts[0]
+    for target, expected in (
+        ("/ui/../..//evil.example", "/ui/jobs"),
+        ("/ui//evil.example", "/ui/evil.example"),
+        ("/ui/tasks?state=x", "/ui/tasks?state=x"),
+        ("/ui\\\\evil", "/ui/jobs"),
+    ):
+        answer = client.post(
+            "/ui/login", params={"next": target}, data={"api_key": READER},
+            follow_redirects=False,
+        )  # fmt: skip
+        assert answer.headers["location"] == expected, target
+    big = client.post("/ui/login", data={"api_key": "x" * 20_000})
+    assert big.status_code == 413
+    token = _sign_in(client, OPERATOR)
+    assert _create(client, name="demo").status_code == 303
+    echoed = client.post(
+        "/ui/tasks/demo/secrets",
+        data={"section": "args", "key": "k", "value": "v" * 5000, "csrf_token": token},
+    )  # too long: refused as a page that names the field and never repeats the value
+    assert echoed.status_code == 422 and "text/html" in echoed.headers["content-type"]
+    assert "value:" in echoed.text and "v" * 100 not in echoed.text
+    for _ in range(10):
+        assert client.post("/ui/login", data={"api_key": "wrong"}).status_code == 401
+    limited = client.post("/ui/login", data={"api_key": OPERATOR}, follow_redirects=False)
+    assert limited.status_code == 429  # even the right key, for a minute
+
+
+def test_behind_a_tls_proxy_the_cookie_is_secure_and_forms_work(
+    app_parts: tuple[TestClient, Scheduler],
+) -> None:
+    client = app_parts[0]
+    answer = client.post(
+        "/ui/login", data={"api_key": OPERATOR}, headers={"X-Forwarded-Proto": "https"},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert "Secure" in answer.headers["set-cookie"]
+    value = answer.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    client.cookies.clear()
+    client.cookies.set(COOKIE, value)  # the test client talks http: it would not send it
+    token = _csrf(client.get("/ui/tasks").text)
+    proxied = client.post(
+        "/ui/tasks/new", data={**FORM, "name": "via-proxy", "csrf_token": token},
+        headers={"Origin": "https://testserver"}, follow_redirects=False,
+    )  # fmt: skip
+    assert proxied.status_code == 303  # the browser's https origin, the app's http

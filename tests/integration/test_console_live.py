@@ -75,6 +75,12 @@ def test_the_feed_delivers_this_replicas_changes_at_once_and_others_by_polling(
             assert (third.job_id, third.state) == ("j2", "pending")
             await asyncio.sleep(0.6)  # polls that re-read the window deliver nothing twice
             assert changes.empty()
+        await asyncio.sleep(0.5)  # nobody watches: the reader stops
+        for index in range(3):
+            await store.create_job(f"unseen-{index}", "t", 0, 50, NOW, NOW)
+        async with feed.subscribe() as later:  # a page opened now shows those already
+            await store.create_job("j3", "t", 0, 50, NOW, NOW)
+            assert (await asyncio.wait_for(later.get(), 5)).job_id == "j3"
         await feed.close()
 
     _run(scenario())
