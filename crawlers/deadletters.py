@@ -163,6 +163,15 @@ class RedisDeadLetterStore:
         values = self.client.lrange(self.key, 0, -1)
         return [StoredEntry.parse(number, _bytes(value)) for number, value in enumerate(values, 1)]
 
+    def read_newest(self, limit: int) -> list[StoredEntry]:
+        """The newest ``limit`` entries, oldest first, numbered as :meth:`read` would."""
+        total = int(self.client.llen(self.key))
+        values = self.client.lrange(self.key, -limit, -1)
+        first = max(total - len(values), 0) + 1
+        return [
+            StoredEntry.parse(number, _bytes(value)) for number, value in enumerate(values, first)
+        ]
+
     def remove(self, entries: Sequence[StoredEntry]) -> list[bool]:
         if not entries:
             return []

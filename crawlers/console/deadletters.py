@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from crawlers.models.redaction import Redactor
 
 PAGE = 50
+#: entries a page reads at most, the newest (older ones: `scrapy deadletter list`)
+MAX_READ = 5000
 REASONS: tuple[str, ...] = get_args(DeadLetterReason)
 #: how much of a payload the page shows (the rest is cut, and said so)
 SHOWN_BYTES = 256 << 10
@@ -179,9 +181,13 @@ def _store(config: HydraConfig) -> DeadLetterStore:
 
 
 def _read(config: HydraConfig) -> tuple[list[StoredEntry], str, bool]:
+    """The newest :data:`MAX_READ` entries (a dead-letter list can be huge: a page never
+    reads it all), where they are, and whether replay is possible."""
     store = _store(config)
     try:
-        return store.read(), store.describe(), isinstance(store, RedisDeadLetterStore)
+        if isinstance(store, RedisDeadLetterStore):
+            return store.read_newest(MAX_READ), store.describe(), True
+        return store.read()[-MAX_READ:], store.describe(), False
     finally:
         store.close()
 

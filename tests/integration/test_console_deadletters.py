@@ -202,3 +202,18 @@ def test_embedded_mode_reads_the_file_purges_and_does_not_replay(tmp_path: Path)
         )
         assert answer.status_code == 303
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == [second.id]
+
+
+def test_a_huge_dead_letter_list_is_read_from_its_newest_end_only(
+    console: TestClient, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crawlers.console import deadletters
+
+    monkeypatch.setattr(deadletters, "MAX_READ", 10)
+    entries = [_entry(f"h{n}") for n in range(25)]
+    redis_client.rpush(DL, *(e.model_dump_json() for e in entries))
+    _sign_in(console, READER)
+    listed = _listed(console.get("/ui/deadletters").text)
+    assert listed == [e.id for e in reversed(entries)][:10]  # the newest ten, never the rest
+    newest = console.get(f"/ui/deadletters/{entries[-1].id}")
+    assert newest.status_code == 200 and entries[-1].id in newest.text
