@@ -151,6 +151,7 @@ def serve(url: str, port: int) -> None:
     from scrapy.settings import Settings
 
     from crawlers.config import HydraConfig
+    from crawlers.services.command import freeze_startup_objects
     from crawlers.services.scheduler.app import create_app
     from crawlers.services.scheduler.service import Scheduler
 
@@ -162,6 +163,7 @@ def serve(url: str, port: int) -> None:
         Settings({"HYDRA_DB_URL": url, "HYDRA_API_KEYS": API_KEY, "HYDRA_REDIS_URL": ""})
     )
     app = create_app(config, ListOnly(config, StateDB(url)))
+    freeze_startup_objects()  # as `scrapy scheduler` does
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

@@ -7,6 +7,7 @@ class found there.
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import TYPE_CHECKING, ClassVar
 
@@ -26,6 +27,14 @@ if TYPE_CHECKING:
 
 #: how long a stopping service waits for open requests (console event streams never end)
 GRACEFUL_SHUTDOWN_SECONDS = 3
+
+
+def freeze_startup_objects() -> None:
+    """Move everything loaded so far (modules, the app, its settings) out of the garbage
+    collector's reach: a long-running service's full collections then walk only what it
+    made since, instead of stalling a request for ~100 ms now and then."""
+    gc.collect()
+    gc.freeze()
 
 
 def configure_service_logging(config: HydraConfig, process: str = "service") -> None:
@@ -82,6 +91,7 @@ class ServiceCommand(ScrapyCommand):
         if not host or not port.isdigit():
             raise UsageError(f"--bind/{self.bind_setting}: expected host:port, got {bind!r}")
         configure_service_logging(config, self.service)
+        freeze_startup_objects()
         uvicorn.run(
             app, host=host, port=int(port), log_level="info", access_log=False, log_config=None,
             # open console pages hold event streams that never end by themselves
