@@ -5,6 +5,7 @@ crawlers/fetchers/capture.py and STACK-NOTES "Headless browser")."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,9 +15,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 import httpx
+from fastapi.testclient import TestClient
+from scrapy.settings import Settings
 
+from crawlers.config import HydraConfig
+from crawlers.db.state import StateDB
 from crawlers.fetchers.capture import CHROMIUM_ARGS, CHROMIUM_PATH
+from crawlers.services.scheduler.app import create_app
 from crawlers.services.scheduler.secrets import generate_key
+from crawlers.services.scheduler.service import Scheduler
 from tests.conftest import ROOT, worker_env
 from tests.servers import free_port
 
@@ -123,3 +130,41 @@ def screenshot(page: Page, name: str) -> Path:
     data = path.read_bytes()
     assert data.startswith(PNG) and len(data) > 1000, path
     return path
+
+
+# -- the scheduler's app in process (TestClient), for the console's HTTP-level tests ----
+
+
+def console_config(tmp_path: Path, operator: str, reader: str = "", **extra: object) -> HydraConfig:
+    """The settings of a scheduler whose state, jobs and topics live in ``tmp_path``."""
+    return HydraConfig.from_settings(
+        Settings(
+            {
+                "HYDRA_DB_URL": f"sqlite:///{tmp_path}/state.db",
+                "HYDRA_API_KEYS": operator,
+                "HYDRA_READONLY_API_KEYS": reader,
+                "HYDRA_SCHEDULER_JOBS_DIR": str(tmp_path / "jobs"),
+                "HYDRA_TOPICS_PATH": str(tmp_path / "topics"),
+                "HYDRA_CONSOLE_SECRET": "console-signing-key",
+                **extra,
+            }
+        )
+    )
+
+
+def console_client(config: HydraConfig) -> TestClient:
+    """The scheduler's app (the console included) for ``config``, not started yet."""
+    return TestClient(create_app(config, Scheduler(config, StateDB(config.db_url))))
+
+
+def csrf_token(page: str) -> str:
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def console_sign_in(client: TestClient, key: str) -> str:
+    """Sign in through the form; the session's CSRF token."""
+    answer = client.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+    return csrf_token(client.get("/ui/jobs").text)

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from scrapy.settings import Settings
 
 from crawlers.config import HydraConfig
 from crawlers.console.app import page_modules
@@ -27,6 +26,7 @@ from crawlers.models.job_status import FIRST_ITEMS_KEY
 from crawlers.services.scheduler.app import create_app
 from crawlers.services.scheduler.secrets import generate_key
 from crawlers.services.scheduler.service import Scheduler
+from tests.consolefixtures import console_config, console_sign_in, csrf_token
 
 pytestmark = pytest.mark.integration
 OPERATOR, READER = "op-console-key-1", "ro-console-key-1"
@@ -40,19 +40,8 @@ FORM = {
 
 
 def _settings(tmp_path: Path, **extra: Any) -> HydraConfig:
-    return HydraConfig.from_settings(
-        Settings(
-            {
-                "HYDRA_DB_URL": f"sqlite:///{tmp_path}/state.db",
-                "HYDRA_API_KEYS": OPERATOR,
-                "HYDRA_READONLY_API_KEYS": READER,
-                "HYDRA_SCHEDULER_JOBS_DIR": str(tmp_path / "jobs"),
-                "HYDRA_TOPICS_PATH": str(tmp_path / "topics"),
-                "HYDRA_SCHEDULER_SECRET_KEY": generate_key(),
-                "HYDRA_CONSOLE_SECRET": "console-signing-key",
-                **extra,
-            }
-        )
+    return console_config(
+        tmp_path, OPERATOR, READER, HYDRA_SCHEDULER_SECRET_KEY=generate_key(), **extra
     )
 
 
@@ -71,21 +60,12 @@ def console(app_parts: tuple[TestClient, Scheduler]) -> TestClient:
     return client
 
 
-def _sign_in(client: TestClient, key: str) -> str:
-    answer = client.post("/ui/login", data={"api_key": key}, follow_redirects=False)
-    assert answer.status_code == 303, answer.text
-    return _csrf(client.get("/ui/tasks").text)
+_sign_in, _csrf = console_sign_in, csrf_token
 
 
 def _portal(client: TestClient) -> Any:
     """The TestClient's event loop, where the app's scheduler lives."""
     return client.portal
-
-
-def _csrf(page: str) -> str:
-    match = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
-    assert match, "no CSRF token on the page"
-    return match.group(1)
 
 
 def _create(client: TestClient, **fields: str) -> Any:

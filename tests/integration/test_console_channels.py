@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from scrapy.settings import Settings
 
 from crawlers.config import HydraConfig
 from crawlers.db.state import RetryPolicy, StateDB
@@ -27,6 +26,7 @@ from crawlers.fetchers.workshop import LoadedFetcher, structure_id
 from crawlers.models.fetch_task import WebFetchTask
 from crawlers.services.scheduler.app import create_app
 from crawlers.services.scheduler.service import Scheduler
+from tests.consolefixtures import console_config, console_sign_in
 
 pytestmark = pytest.mark.integration
 OPERATOR, READER = "op-channels-key-1", "ro-channels-key-1"
@@ -71,21 +71,11 @@ async def _no_items(fetcher: type[Any], task: Any) -> list[dict[str, Any]]:
 
 
 def _config(tmp_path: Path) -> HydraConfig:
-    return HydraConfig.from_settings(
-        Settings(
-            {
-                "HYDRA_DB_URL": f"sqlite:///{tmp_path}/state.db",
-                "HYDRA_API_KEYS": OPERATOR,
-                "HYDRA_READONLY_API_KEYS": READER,
-                "HYDRA_SCHEDULER_JOBS_DIR": str(tmp_path / "jobs"),
-                "HYDRA_TOPICS_PATH": str(tmp_path / "topics"),
-                "HYDRA_CONSOLE_SECRET": "console-signing-key",
-                "HYDRA_STORE_URI": f"file://{tmp_path}/store",
-                "HYDRA_FETCHERS_REPO": str(tmp_path / "fetchers-repo"),
-                "HYDRA_FETCHERS_CACHE": str(tmp_path / "fetchers-cache"),
-            }
-        )
-    )
+    return console_config(
+        tmp_path, OPERATOR, READER, HYDRA_STORE_URI=f"file://{tmp_path}/store",
+        HYDRA_FETCHERS_REPO=str(tmp_path / "fetchers-repo"),
+        HYDRA_FETCHERS_CACHE=str(tmp_path / "fetchers-cache"),
+    )  # fmt: skip
 
 
 async def _seed(config: HydraConfig, tmp_path: Path) -> None:
@@ -153,12 +143,7 @@ def parts(tmp_path: Path) -> Iterator[tuple[TestClient, HydraConfig]]:
         yield client, config
 
 
-def _sign_in(client: TestClient, key: str) -> str:
-    answer = client.post("/ui/login", data={"api_key": key}, follow_redirects=False)
-    assert answer.status_code == 303, answer.text
-    match = re.search(r'<meta name="csrf-token" content="([^"]+)">', client.get("/ui/reviews").text)
-    assert match, "no CSRF token on the page"
-    return match.group(1)
+_sign_in = console_sign_in
 
 
 def _mappings(client: TestClient) -> dict[str, str]:

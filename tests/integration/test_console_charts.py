@@ -14,12 +14,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Counter, start_http_server
-from scrapy.settings import Settings
 
-from crawlers.config import HydraConfig
-from crawlers.db.state import StateDB
-from crawlers.services.scheduler.app import create_app
-from crawlers.services.scheduler.service import Scheduler
+from tests.consolefixtures import console_client, console_config
 from tests.integration.test_prometheus import _binary, _free_port, _Processes, _ready, _wait
 
 pytestmark = pytest.mark.integration
@@ -73,18 +69,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _console(tmp_path: Path, prometheus: str) -> TestClient:
-    config = HydraConfig.from_settings(
-        Settings(
-            {
-                "HYDRA_DB_URL": f"sqlite:///{tmp_path}/state.db",
-                "HYDRA_API_KEYS": KEY,
-                "HYDRA_CONSOLE_PROMETHEUS_URL": prometheus,
-                "HYDRA_SCHEDULER_JOBS_DIR": str(tmp_path / "jobs"),
-                "HYDRA_TOPICS_PATH": str(tmp_path / "topics"),
-            }
-        )
-    )
-    return TestClient(create_app(config, Scheduler(config, StateDB(config.db_url))))
+    return console_client(console_config(tmp_path, KEY, HYDRA_CONSOLE_PROMETHEUS_URL=prometheus))
 
 
 def _series(page: str) -> list[str]:

@@ -12,13 +12,10 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from scrapy.settings import Settings
 
 from crawlers.config import HydraConfig
-from crawlers.db.state import StateDB
 from crawlers.models import DeadLetterEntry, PriceBatch
-from crawlers.services.scheduler.app import create_app
-from crawlers.services.scheduler.service import Scheduler
+from tests.consolefixtures import console_client, console_config, console_sign_in
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -43,25 +40,13 @@ def _entry(batch_id: str = "b1", **fields: Any) -> DeadLetterEntry:
 
 
 def _config(tmp_path: Path, **extra: Any) -> HydraConfig:
-    return HydraConfig.from_settings(
-        Settings(
-            {
-                "HYDRA_DB_URL": f"sqlite:///{tmp_path}/state.db",
-                "HYDRA_API_KEYS": OPERATOR,
-                "HYDRA_READONLY_API_KEYS": READER,
-                "HYDRA_SCHEDULER_JOBS_DIR": str(tmp_path / "jobs"),
-                "HYDRA_TOPICS_PATH": str(tmp_path / "topics"),
-                "HYDRA_CONSOLE_SECRET": "console-signing-key",
-                "HYDRA_DEADLETTER_KEY": DL,
-                "HYDRA_DEADLETTER_PATH": str(tmp_path / "deadletter.jsonl"),
-                **extra,
-            }
-        )
-    )
+    return console_config(
+        tmp_path, OPERATOR, READER, HYDRA_DEADLETTER_KEY=DL,
+        HYDRA_DEADLETTER_PATH=str(tmp_path / "deadletter.jsonl"), **extra,
+    )  # fmt: skip
 
 
-def _client(config: HydraConfig) -> TestClient:
-    return TestClient(create_app(config, Scheduler(config, StateDB(config.db_url))))
+_client, _sign_in = console_client, console_sign_in
 
 
 @pytest.fixture
@@ -70,14 +55,6 @@ def console(
 ) -> Iterator[TestClient]:
     with _client(_config(tmp_path, HYDRA_REDIS_URL=redis_server.url)) as client:
         yield client
-
-
-def _sign_in(client: TestClient, key: str) -> str:
-    answer = client.post("/ui/login", data={"api_key": key}, follow_redirects=False)
-    assert answer.status_code == 303, answer.text
-    match = re.search(r'<meta name="csrf-token" content="([^"]+)">', client.get("/ui/jobs").text)
-    assert match, "no CSRF token on the page"
-    return match.group(1)
 
 
 def _listed(page: str) -> list[str]:
